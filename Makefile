@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv themselves.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SAIO_DIR := $(CURDIR)/.cache/saio
+NPM_DIR := $(CURDIR)/.cache/npm
+
+.PHONY: demo test venv npm clean-cache
+
+$(BIN)/dask-whisk: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(BIN)/dask-whisk
+
+$(NPM_DIR)/node_modules/openwhisk/package.json:
+	mkdir -p $(NPM_DIR)
+	cd $(NPM_DIR) && npm install --silent --no-audit --no-fund openwhisk@3 >/dev/null
+	touch $@
+
+npm: $(NPM_DIR)/node_modules/openwhisk/package.json
+
+demo: venv
+	$(BIN)/python notebooks/demo.py
+
+# The test run starts a real Swift on loopback and stops it afterwards, whatever the outcome.
+test: venv npm
+	@eval "$$($(BIN)/dask-whisk swift-saio start --dir $(SAIO_DIR))" && \
+	  DASK_WHISK_NPM_DIR=$(NPM_DIR) $(BIN)/python -m pytest $(PYTEST_ARGS); \
+	  rc=$$?; $(BIN)/dask-whisk swift-saio stop --dir $(SAIO_DIR); exit $$rc
+
+clean-cache:
+	rm -rf .cache

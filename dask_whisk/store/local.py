@@ -1,0 +1,86 @@
+"""A directory as the object store: the zero-configuration default for one machine.
+
+Each job is a subdirectory of the root; writes go to a temporary file renamed into place, so a
+reader never sees half an object. Activations on the same machine are granted the job directory.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import Buffer, JobStore, ObjectMissing, WorkerStore
+
+
+def default_root() -> Path:
+    """The directory holding job namespaces when no ``whisk.local-store`` is configured."""
+    return Path(tempfile.gettempdir()) / "dask-whisk-store"
+
+
+class LocalWorkerStore(WorkerStore):
+    """Reads and writes objects of one job directory."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+
+    def _path(self, name: str) -> Path:
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"Invalid object name {name!r}")
+        return self.directory / name
+
+    def get(self, name: str) -> bytes:
+        try:
+            with open(self._path(name), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise ObjectMissing(f"Object {name!r} is not in {self.directory}") from None
+
+    def put(self, name: str, parts: Sequence[Buffer]) -> int:
+        path = self._path(name)
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
+        written = 0
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for part in parts:
+                    written += f.write(part)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return written
+
+
+class LocalJobStore(LocalWorkerStore, JobStore):
+    """The client's handle on a job directory under ``root``."""
+
+    def __init__(self, job_id: str, root: str | os.PathLike | None = None):
+        self.job_id = job_id
+        self.root = Path(root) if root else default_root()
+        super().__init__(self.root / job_id)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def exists(self, name: str) -> bool:
+        return self._path(name).exists()
+
+    def delete(self, names: Iterable[str]) -> None:
+        for name in names:
+            self._path(name).unlink(missing_ok=True)
+
+    def destroy(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def worker_access(self, read: Iterable[str], write: Iterable[str]) -> dict[str, Any]:
+        return {"kind": "local", "directory": str(self.directory)}
+
+
+def open_job_store(job_id: str, root: str | os.PathLike | None = None, **_: Any) -> LocalJobStore:
+    """Open (creating) the job directory ``root/job_id``."""
+    return LocalJobStore(job_id, root)
+
+
+def open_worker_store(access: dict[str, Any]) -> LocalWorkerStore:
+    """Open the job directory named in the descriptor."""
+    return LocalWorkerStore(access["directory"])
