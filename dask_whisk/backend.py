@@ -1,0 +1,136 @@
+"""Where jobs run: an OpenWhisk (configured, or the embedded local server) plus a store, and the
+event loop thread that talks to both.
+
+One :class:`Backend` per process and configuration, created on first use and kept warm: its HTTP
+connections, its deployed action and, for the embedded default, its local server outlive a job.
+The scheduler's own thread stays synchronous, as Dask's are; all network waiting happens here.
+"""
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import threading
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import dask.config
+
+from . import config as whisk_config
+
+logger = logging.getLogger("dask_whisk")
+T = TypeVar("T")
+
+#: limits of the embedded local server: a research-style deployment sized for one machine
+EMBEDDED_LIMITS = {
+    "invocations_per_minute": 1_000_000,
+    "concurrent_invocations": 1_000,
+    "user_memory_mb": 4096,
+}
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """Which store jobs use and the options it is opened with."""
+
+    kind: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+
+class EventLoopThread:
+    """An asyncio loop in a daemon thread; coroutines are submitted from any other thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="dask-whisk-io", daemon=True)
+        self._thread.start()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        """Schedule ``coro`` on the loop; returns a thread-safe future."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the loop and wait for its result."""
+        return self.submit(coro).result()
+
+    def stop(self) -> None:
+        """Stop the loop and join its thread."""
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=5)
+
+
+class Backend:
+    """A ready OpenWhisk namespace with the worker action deployed, and the store to use."""
+
+    def __init__(self, whisk: whisk_config.WhiskConfig, store: StoreSettings, *, embedded: bool):
+        self.whisk = whisk
+        self.store = store
+        self.embedded = embedded
+        self.action = dask.config.get("whisk.action")
+        self.io = EventLoopThread()
+        self.max_in_flight = 1
+        self.io.run(self._prepare())
+
+    async def _prepare(self) -> None:
+        from .deploy import ensure_worker_action
+        from .openwhisk import OpenWhiskClient
+
+        self.client = OpenWhiskClient(self.whisk)
+        await ensure_worker_action(self.client, self.action, local=self.embedded)
+        allowed = await self.client.configure_pacing()
+        cap = dask.config.get("whisk.max-in-flight")
+        self.max_in_flight = max(1, min(allowed, cap) if cap else allowed)
+
+    def close(self) -> None:
+        """Close connections and stop the loop thread."""
+        try:
+            self.io.run(self.client.close())
+        finally:
+            self.io.stop()
+
+
+_lock = threading.Lock()
+_backends: dict[tuple, Backend] = {}
+_embedded_server = None
+
+
+def _start_embedded_server():
+    """Start (once per process) the local OpenWhisk-compatible server on a free loopback port."""
+    global _embedded_server
+    if _embedded_server is None:
+        from .server import ServerSettings, start_server_process
+
+        _embedded_server = start_server_process(ServerSettings(port=0, **EMBEDDED_LIMITS))
+        atexit.register(_embedded_server.stop)
+        logger.info(
+            "No OpenWhisk configured: using the embedded local OpenWhisk-compatible server at %s "
+            "and the local store (set WHISK_APIHOST/WHISK_AUTH or ~/.wskprops to use a real one)",
+            _embedded_server.url,
+        )
+    return _embedded_server
+
+
+def store_settings() -> StoreSettings:
+    """The store chosen by the dask config key ``whisk.store`` (``local`` or ``swift``)."""
+    kind = dask.config.get("whisk.store")
+    options = dask.config.get(f"whisk.{kind}", default=None) or {}
+    return StoreSettings(kind, tuple(sorted(options.items())) if isinstance(options, dict) else ())
+
+
+def get_backend() -> Backend:
+    """The backend for the current configuration, creating it (and the embedded server) once."""
+    found = whisk_config.find_whisk_config()
+    store = store_settings()
+    with _lock:
+        key = (found, store)
+        if key not in _backends:
+            embedded = found is None
+            if embedded:
+                server = _start_embedded_server()
+                found = whisk_config.WhiskConfig(apihost=server.url, auth=server.auth, origin="embedded")
+            _backends[key] = Backend(found, store, embedded=embedded)
+            atexit.register(_backends[key].close)
+        return _backends[key]

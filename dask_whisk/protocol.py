@@ -1,0 +1,258 @@
+"""The wire format between the client and the worker action, defined once for both sides.
+
+A *frame* is how one Python value travels, inline in JSON (base64) or as a store object::
+
+    MAGIC | MAC (32 bytes) | nbuffers (u32) | len(pickle) (u64) | len(buffer_i) (u64)... | pickle | buffers
+
+The pickle is cloudpickle protocol 5 with out-of-band buffers, so arrays are written and read
+without copies; the MAC is keyed BLAKE2b with a per-job key that only the client and its
+activations hold, so a tampered store object is rejected instead of unpickled.
+
+An *invocation* (the activation's parameters) is JSON: the unit spec frame (its tasks), one input
+descriptor per input key, the store names for its outputs, the store access descriptor and the MAC
+key. The activation answers with a *result envelope* (one output descriptor per output, plus
+stats) or, when user code raised, an ``{"error": ...}`` envelope the client turns back into the
+original exception. This module imports nothing heavier than cloudpickle.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import pickle
+import struct
+import traceback
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+
+PROTOCOL_VERSION = 1
+MAGIC = b"DWK\x01"
+MAC_SIZE = 32
+_COUNT = struct.Struct("<I")
+_LENGTH = struct.Struct("<Q")
+
+#: OpenWhisk's limit on an invocation payload and on an activation result (1 MiB)
+MAX_MESSAGE_BYTES = 1024 * 1024
+#: a value whose frame is at most this large may ride inline in a payload or a result
+INLINE_VALUE_BYTES = 64 * 1024
+#: the inline frames of one message add up to at most this, keeping base64 JSON under 1 MiB
+INLINE_TOTAL_BYTES = 512 * 1024
+
+
+class TamperedObject(ValueError):
+    """A frame whose MAC does not match: altered in the store, or written by another job."""
+
+
+class SerializationError(TypeError):
+    """A value or task could not be pickled for sending to an activation."""
+
+
+# --- frames -------------------------------------------------------------------------------------
+
+
+def encode(value: Any, mac_key: bytes) -> list[bytes | memoryview]:
+    """Frame ``value`` as a list of byte parts (not joined: large buffers stay zero-copy)."""
+    buffers: list[memoryview] = []
+    payload = cloudpickle.dumps(value, protocol=5, buffer_callback=lambda b: buffers.append(b.raw()))
+    header = _COUNT.pack(len(buffers)) + _LENGTH.pack(len(payload))
+    header += b"".join(_LENGTH.pack(b.nbytes) for b in buffers)
+    mac = hashlib.blake2b(key=mac_key, digest_size=MAC_SIZE)
+    for part in (header, payload, *buffers):
+        mac.update(part)
+    return [MAGIC, mac.digest(), header, payload, *buffers]
+
+
+def decode(data: bytes | bytearray | memoryview, mac_key: bytes) -> Any:
+    """Check and unpickle a frame; buffers are views into ``data`` (no copies)."""
+    view = memoryview(data)
+    if view[: len(MAGIC)] != MAGIC:
+        raise TamperedObject("Not a dask-whisk object (bad magic bytes): refusing to unpickle it")
+    start = len(MAGIC) + MAC_SIZE
+    expected = bytes(view[len(MAGIC) : start])
+    if not hmac.compare_digest(hashlib.blake2b(view[start:], key=mac_key, digest_size=MAC_SIZE).digest(), expected):
+        raise TamperedObject(
+            "A stored object failed its integrity check (altered, or written by another job): "
+            "refusing to unpickle it"
+        )
+    (count,) = _COUNT.unpack_from(view, start)
+    offset = start + _COUNT.size
+    lengths = [_LENGTH.unpack_from(view, offset + i * _LENGTH.size)[0] for i in range(count + 1)]
+    offset += (count + 1) * _LENGTH.size
+    pieces = []
+    for length in lengths:
+        pieces.append(view[offset : offset + length])
+        offset += length
+    return pickle.loads(pieces[0], buffers=pieces[1:])
+
+
+def frame_size(parts: Sequence[bytes | memoryview]) -> int:
+    """Total bytes of a framed value."""
+    return sum(memoryview(p).nbytes for p in parts)
+
+
+def join(parts: Sequence[bytes | memoryview]) -> bytes:
+    """One bytes object of a frame (only for small frames that go inline)."""
+    return b"".join(parts)
+
+
+def b64(data: bytes) -> str:
+    """Bytes as base64 text for JSON."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: str) -> bytes:
+    """Inverse of :func:`b64`."""
+    return base64.b64decode(text)
+
+
+def object_name(key: Hashable) -> str:
+    """The store object name of a Dask key's value: stable, short and safe in any backend."""
+    return "k-" + hashlib.sha1(repr(key).encode()).hexdigest()
+
+
+# --- units --------------------------------------------------------------------------------------
+
+
+@dataclass
+class UnitSpec:
+    """What an activation executes: a subgraph of Dask task-spec nodes and the keys it must return.
+
+    ``inputs`` names the keys the tasks read from outside the unit, in the order the invocation
+    carries their descriptors; ``outputs`` the keys it returns, in the order of the result.
+    """
+
+    tasks: dict
+    inputs: tuple
+    outputs: tuple
+
+
+@dataclass
+class Invocation:
+    """The JSON parameters of one activation of the worker action."""
+
+    job: str
+    unit: str
+    mac_key: bytes
+    store: dict[str, Any]
+    spec: dict[str, str]
+    inputs: list[dict[str, Any]]
+    outputs: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        """The invoke body."""
+        return {
+            "dask_whisk": PROTOCOL_VERSION,
+            "job": self.job,
+            "unit": self.unit,
+            "mac_key": b64(self.mac_key),
+            "store": self.store,
+            "spec": self.spec,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+        }
+
+    @classmethod
+    def from_json(cls, params: Mapping[str, Any]) -> Invocation:
+        """Parse the invoke body, refusing other protocol versions with a clear message."""
+        version = params.get("dask_whisk")
+        if version != PROTOCOL_VERSION:
+            raise ValueError(
+                f"dask-whisk protocol {version!r} sent to a worker speaking {PROTOCOL_VERSION}: "
+                "redeploy the worker action with `dask-whisk deploy`"
+            )
+        return cls(
+            job=params["job"],
+            unit=params["unit"],
+            mac_key=unb64(params["mac_key"]),
+            store=params["store"],
+            spec=params["spec"],
+            inputs=params["inputs"],
+            outputs=params["outputs"],
+        )
+
+
+def inline_ref(frame: bytes) -> dict[str, Any]:
+    """Descriptor of a value carried in the message itself."""
+    return {"inline": b64(frame)}
+
+
+def stored_ref(name: str, nbytes: int) -> dict[str, Any]:
+    """Descriptor of a value held in the job's store."""
+    return {"stored": name, "nbytes": nbytes}
+
+
+def ref_nbytes(ref: Mapping[str, Any]) -> int:
+    """Bytes of the frame a descriptor stands for."""
+    return ref["nbytes"] if "stored" in ref else len(ref["inline"]) * 3 // 4
+
+
+# --- results and errors -------------------------------------------------------------------------
+
+
+@dataclass
+class UnitResult:
+    """The result envelope: one descriptor per output, and what the activation spent."""
+
+    outputs: list[dict[str, Any]]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The activation result (never a top-level ``error`` key on success)."""
+        return {"dask_whisk": PROTOCOL_VERSION, "outputs": self.outputs, "stats": self.stats}
+
+    @classmethod
+    def from_json(cls, result: Mapping[str, Any]) -> UnitResult:
+        """Parse an activation's successful result."""
+        if result.get("dask_whisk") != PROTOCOL_VERSION or "outputs" not in result:
+            raise ValueError(f"Not a dask-whisk result envelope: {sorted(result)}")
+        return cls(outputs=result["outputs"], stats=result.get("stats", {}))
+
+
+def error_envelope(exc: BaseException, key: Hashable, mac_key: bytes) -> dict[str, Any]:
+    """The ``{"error": ...}`` result for an exception raised by user code in task ``key``."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        frame = join(encode(exc, mac_key))
+        pickled: str | None = b64(frame) if len(frame) <= INLINE_VALUE_BYTES else None
+    except Exception:
+        pickled = None
+    return {
+        "error": {
+            "dask_whisk": PROTOCOL_VERSION,
+            "key": repr(key),
+            "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+            "message": str(exc),
+            "traceback": text,
+            "exception": pickled,
+        }
+    }
+
+
+class RemoteError(Exception):
+    """A task failed remotely and its exception could not be rebuilt on the client."""
+
+
+def exception_from_error(error: Mapping[str, Any], mac_key: bytes) -> BaseException:
+    """Rebuild the remote exception, with the remote traceback attached as a note."""
+    exc: BaseException | None = None
+    if error.get("exception"):
+        try:
+            exc = decode(unb64(error["exception"]), mac_key)
+        except Exception:
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = RemoteError(f"{error.get('type')}: {error.get('message')}")
+    exc.add_note(f"\nRemote traceback (task {error.get('key')}, in an OpenWhisk activation):\n{error.get('traceback', '').rstrip()}")
+    return exc
+
+
+def is_error_envelope(result: Any) -> bool:
+    """Whether an activation result is a dask-whisk user-code error envelope."""
+    return (
+        isinstance(result, Mapping)
+        and isinstance(result.get("error"), Mapping)
+        and result["error"].get("dask_whisk") == PROTOCOL_VERSION
+    )

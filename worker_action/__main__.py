@@ -1,0 +1,122 @@
+"""The dask-whisk worker action: one work unit per OpenWhisk activation.
+
+Deployed as is to any OpenWhisk Python runtime (``main(args) -> dict``). It reads the unit, fetches
+its stored inputs concurrently, runs the tasks with Dask's task-spec execution, and inlines or
+stores each output, answering with the result envelope of ``dask_whisk.protocol``.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import dask_whisk
+from dask_whisk import protocol
+from dask_whisk.store import WorkerStore, open_worker_store
+
+#: activations served by this container process so far (0 during the first: a cold start)
+_served = 0
+_io_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dask-whisk-io")
+
+
+class _TaskFailed(Exception):
+    def __init__(self, key: Any, exc: BaseException):
+        self.key, self.exc = key, exc
+
+
+def _read(ref: dict[str, Any], store: WorkerStore) -> bytes | memoryview:
+    return protocol.unb64(ref["inline"]) if "inline" in ref else store.get(ref["stored"])
+
+
+def _fetch(refs: list[dict[str, Any]], store: WorkerStore) -> list[bytes | memoryview]:
+    """Every frame the unit reads, stored ones fetched concurrently."""
+    return list(_io_pool.map(lambda ref: _read(ref, store), refs))
+
+
+def _execute(spec: protocol.UnitSpec, inputs: dict) -> list[Any]:
+    """Run the unit's tasks in their given (dependency-respecting) order; return its outputs."""
+    cache = dict(inputs)
+    for key, node in spec.tasks.items():
+        try:
+            cache[key] = node(cache)
+        except Exception as exc:
+            raise _TaskFailed(key, exc) from exc
+    return [cache[key] for key in spec.outputs]
+
+
+def _place(values: list[Any], names: list[str], inv: protocol.Invocation, store: WorkerStore) -> tuple[list[dict], int]:
+    """Inline small outputs within the result budget; store the rest (concurrently)."""
+    frames = [protocol.encode(v, inv.mac_key) for v in values]
+    refs: list[dict | None] = [None] * len(frames)
+    budget = protocol.INLINE_TOTAL_BYTES
+    to_store = []
+    for i, parts in enumerate(frames):
+        size = protocol.frame_size(parts)
+        if size <= protocol.INLINE_VALUE_BYTES and size <= budget:
+            budget -= size
+            refs[i] = protocol.inline_ref(protocol.join(parts))
+        else:
+            to_store.append(i)
+
+    def put(i: int) -> None:
+        refs[i] = protocol.stored_ref(names[i], store.put(names[i], frames[i]))
+
+    list(_io_pool.map(put, to_store))
+    return refs, sum(protocol.frame_size(parts) for parts in frames)
+
+
+def _pong(args: dict[str, Any]) -> dict[str, Any]:
+    """Answer a health check; with a store descriptor, prove the store is writable from here."""
+    answer = {
+        "pong": True,
+        "dask_whisk": dask_whisk.__version__,
+        "protocol": protocol.PROTOCOL_VERSION,
+        "python": platform.python_version(),
+        "cold": _served == 1,
+    }
+    if args.get("store") and args.get("probe"):
+        store = open_worker_store(args["store"])
+        data = b"dask-whisk store probe"
+        store.put(args["probe"], [data])
+        answer["store_ok"] = bytes(store.get(args["probe"])) == data
+    return answer
+
+
+def main(args: dict[str, Any]) -> dict[str, Any]:
+    """OpenWhisk entry point: run the unit described by ``args``; see ``dask_whisk.protocol``."""
+    global _served
+    _served += 1
+    if args.get("ping"):
+        return _pong(args)
+    started = time.perf_counter()
+    inv = protocol.Invocation.from_json(args)
+    store = open_worker_store(inv.store)
+    spec_frame, *input_frames = _fetch([inv.spec, *inv.inputs], store)
+    spec: protocol.UnitSpec = protocol.decode(spec_frame, inv.mac_key)
+    inputs = {key: protocol.decode(frame, inv.mac_key) for key, frame in zip(spec.inputs, input_frames)}
+    bytes_in = sum(memoryview(f).nbytes for f in input_frames)
+    fetched = time.perf_counter()
+    try:
+        values = _execute(spec, inputs)
+    except _TaskFailed as failed:
+        return protocol.error_envelope(failed.exc, failed.key, inv.mac_key)
+    del inputs, input_frames
+    computed = time.perf_counter()
+    refs, bytes_out = _place(values, inv.outputs, inv, store)
+    stored = time.perf_counter()
+    return protocol.UnitResult(
+        outputs=refs,
+        stats={
+            "fetch_s": fetched - started,
+            "compute_s": computed - fetched,
+            "store_s": stored - computed,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "cold": _served == 1,
+            "pid": os.getpid(),
+        },
+    ).to_json()
