@@ -1,0 +1,64 @@
+"""The wire format: frames round-trip zero-copy, are authenticated, and errors travel back typed."""
+import pickle
+
+import numpy as np
+import pytest
+
+from dask_whisk import protocol
+
+KEY = b"k" * 32
+
+
+def test_frame_round_trip_keeps_arrays_out_of_band():
+    value = {"a": np.arange(1_000_000, dtype="f8"), "b": [1, "x", None]}
+    parts = protocol.encode(value, KEY)
+    assert any(memoryview(p).nbytes == 8_000_000 for p in parts), "array buffer must be its own part"
+    back = protocol.decode(protocol.join(parts), KEY)
+    np.testing.assert_array_equal(back["a"], value["a"])
+    assert back["b"] == [1, "x", None]
+
+
+def test_tampered_frame_is_rejected_before_unpickling():
+    data = bytearray(protocol.join(protocol.encode([1, 2, 3], KEY)))
+    data[-1] ^= 1
+    with pytest.raises(protocol.TamperedObject, match="integrity"):
+        protocol.decode(data, KEY)
+    with pytest.raises(protocol.TamperedObject):
+        protocol.decode(protocol.join(protocol.encode([1], b"other" * 6)), KEY)
+    with pytest.raises(protocol.TamperedObject, match="magic"):
+        protocol.decode(pickle.dumps([1]), KEY)
+
+
+def test_invocation_json_round_trip_and_version_check():
+    inv = protocol.Invocation("job", "u0", KEY, {"kind": "local"}, {"inline": "AA=="}, [], ["k-1"])
+    assert protocol.Invocation.from_json(inv.to_json()) == inv
+    wrong = {**inv.to_json(), "dask_whisk": 999}
+    with pytest.raises(ValueError, match="dask-whisk deploy"):
+        protocol.Invocation.from_json(wrong)
+
+
+def test_user_exception_travels_back_with_type_and_remote_traceback():
+    try:
+        {}["missing"]
+    except KeyError as exc:
+        envelope = protocol.error_envelope(exc, ("x", 1), KEY)
+    assert protocol.is_error_envelope(envelope)
+    exc = protocol.exception_from_error(envelope["error"], KEY)
+    assert type(exc) is KeyError and exc.args == ("missing",)
+    assert "Remote traceback" in exc.__notes__[0] and "('x', 1)" in exc.__notes__[0]
+
+
+def test_unpicklable_exception_becomes_remote_error_with_its_text():
+    class Local(Exception):
+        def __reduce__(self):
+            raise TypeError("no")
+
+    envelope = protocol.error_envelope(Local("boom"), "k", KEY)
+    exc = protocol.exception_from_error(envelope["error"], KEY)
+    assert isinstance(exc, protocol.RemoteError) and "boom" in str(exc)
+
+
+def test_success_result_never_has_top_level_error_key():
+    result = protocol.UnitResult([protocol.stored_ref("k-1", 10)], {"compute_s": 0.1}).to_json()
+    assert "error" not in result
+    assert protocol.UnitResult.from_json(result).outputs == [{"stored": "k-1", "nbytes": 10}]
