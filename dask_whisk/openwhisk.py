@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import json
 import random
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -166,16 +165,6 @@ class _RateLimiter:
                 await asyncio.sleep(self._times[0] + RATE_WINDOW_SECONDS - now)
 
 
-@contextlib.asynccontextmanager
-async def _slot(semaphore: asyncio.Semaphore | None) -> AsyncIterator[None]:
-    """Hold one in-flight slot of ``semaphore``, or nothing when unbounded."""
-    if semaphore is None:
-        yield
-        return
-    async with semaphore:
-        yield
-
-
 def _key_values(items: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
     """OpenWhisk's ``[{"key": k, "value": v}]`` form from a mapping (a list passes through)."""
     if items is None:
@@ -209,10 +198,10 @@ class OpenWhiskClient:
         self.config = config
         self.settings = settings or ClientSettings.from_dask_config()
         self.stats = ClientStats()
-        self.max_concurrency: int | None = None
+        self.max_concurrency = 0  # set by configure_pacing (explicitly, or at the first invoke)
         self.invocations_per_minute: int | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._semaphore: asyncio.Semaphore | None = None
+        self._semaphore = asyncio.Semaphore(1)  # replaced by configure_pacing before any invoke
         self._rate: _RateLimiter | None = None
         self._paced = False
         self._pacing_lock: asyncio.Lock | None = None
@@ -250,9 +239,13 @@ class OpenWhiskClient:
 
     # ----------------------------------------------------------------- pacing
 
-    async def configure_pacing(self, limits: Mapping[str, Any] | None = None) -> int | None:
-        """Size the in-flight semaphore and rate limiter from the namespace limits; return the
-        concurrency cap (None: unbounded). ``limits`` defaults to what ``GET limits`` answers."""
+    async def configure_pacing(self, limits: Mapping[str, Any] | None = None) -> int:
+        """Size the in-flight semaphore and the rate limiter from the namespace's limits.
+
+        ``limits`` defaults to what ``GET limits`` answers. Returns (and sets
+        ``max_concurrency`` to) the smallest of ``concurrentInvocations``,
+        ``whisk.max-in-flight`` and the connection limit: how wide a scheduler should fan out.
+        """
         if limits is None:
             try:
                 limits = await self.limits()
@@ -260,10 +253,10 @@ class OpenWhiskClient:
                 limits = {}  # an old deployment without the limits route: rely on 429 retries
         concurrent = limits.get("concurrentInvocations")
         per_minute = limits.get("invocationsPerMinute")
-        caps = [int(c) for c in (concurrent, self.settings.max_in_flight) if c is not None]
-        self.max_concurrency = min(caps) if caps else None
+        caps = [self.settings.connection_limit, self.settings.max_in_flight, concurrent]
+        self.max_concurrency = max(1, min(int(c) for c in caps if c is not None))
         self.invocations_per_minute = int(per_minute) if per_minute is not None else None
-        self._semaphore = asyncio.Semaphore(self.max_concurrency) if self.max_concurrency else None
+        self._semaphore = asyncio.Semaphore(self.max_concurrency)
         self._rate = _RateLimiter(self.invocations_per_minute) if self.invocations_per_minute else None
         self._paced = True
         return self.max_concurrency
@@ -454,7 +447,7 @@ class OpenWhiskClient:
         """
         await self._ensure_pacing()
         if blocking:
-            async with _slot(self._semaphore):
+            async with self._semaphore:
                 return await self._invoke(name, params, blocking=True, result=result,
                                           timeout_ms=timeout_ms)
         return await self._invoke(name, params, blocking=False, result=False, timeout_ms=timeout_ms)
@@ -496,7 +489,7 @@ class OpenWhiskClient:
         limit = self.settings.run_timeout if timeout is None else timeout
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit
-        async with _slot(self._semaphore):
+        async with self._semaphore:
             invocation = await self._invoke(name, params, blocking=True, result=False,
                                             timeout_ms=MAX_BLOCKING_MS)
             if invocation.record is not None:
