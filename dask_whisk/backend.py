@@ -13,7 +13,6 @@ import logging
 import threading
 from collections.abc import Coroutine
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import dask.config
@@ -23,20 +22,15 @@ from . import config as whisk_config
 logger = logging.getLogger("dask_whisk")
 T = TypeVar("T")
 
+#: activations in flight when the namespace states no concurrency limit
+UNBOUNDED_IN_FLIGHT = 1000
+
 #: limits of the embedded local server: a research-style deployment sized for one machine
 EMBEDDED_LIMITS = {
     "invocations_per_minute": 1_000_000,
     "concurrent_invocations": 1_000,
     "user_memory_mb": 4096,
 }
-
-
-@dataclass(frozen=True)
-class StoreSettings:
-    """Which store jobs use and the options it is opened with."""
-
-    kind: str
-    options: tuple[tuple[str, Any], ...] = ()
 
 
 class EventLoopThread:
@@ -63,15 +57,14 @@ class EventLoopThread:
 
 
 class Backend:
-    """A ready OpenWhisk namespace with the worker action deployed, and the store to use."""
+    """A ready OpenWhisk namespace with the worker action deployed."""
 
-    def __init__(self, whisk: whisk_config.WhiskConfig, store: StoreSettings, *, embedded: bool):
+    def __init__(self, whisk: whisk_config.WhiskConfig, *, embedded: bool):
         self.whisk = whisk
-        self.store = store
         self.embedded = embedded
         self.action = dask.config.get("whisk.action")
         self.io = EventLoopThread()
-        self.max_in_flight = 1
+        self.max_in_flight = UNBOUNDED_IN_FLIGHT
         self.io.run(self._prepare())
 
     async def _prepare(self) -> None:
@@ -80,9 +73,7 @@ class Backend:
 
         self.client = OpenWhiskClient(self.whisk)
         await ensure_worker_action(self.client, self.action, local=self.embedded)
-        allowed = await self.client.configure_pacing()
-        cap = dask.config.get("whisk.max-in-flight")
-        self.max_in_flight = max(1, min(allowed, cap) if cap else allowed)
+        self.max_in_flight = await self.client.configure_pacing() or UNBOUNDED_IN_FLIGHT
 
     def close(self) -> None:
         """Close connections and stop the loop thread."""
@@ -93,7 +84,7 @@ class Backend:
 
 
 _lock = threading.Lock()
-_backends: dict[tuple, Backend] = {}
+_backends: dict[whisk_config.WhiskConfig | None, Backend] = {}
 _embedded_server = None
 
 
@@ -113,24 +104,16 @@ def _start_embedded_server():
     return _embedded_server
 
 
-def store_settings() -> StoreSettings:
-    """The store chosen by the dask config key ``whisk.store`` (``local`` or ``swift``)."""
-    kind = dask.config.get("whisk.store")
-    options = dask.config.get(f"whisk.{kind}", default=None) or {}
-    return StoreSettings(kind, tuple(sorted(options.items())) if isinstance(options, dict) else ())
-
-
 def get_backend() -> Backend:
     """The backend for the current configuration, creating it (and the embedded server) once."""
     found = whisk_config.find_whisk_config()
-    store = store_settings()
     with _lock:
-        key = (found, store)
+        key = found
         if key not in _backends:
             embedded = found is None
             if embedded:
                 server = _start_embedded_server()
                 found = whisk_config.WhiskConfig(apihost=server.url, auth=server.auth, origin="embedded")
-            _backends[key] = Backend(found, store, embedded=embedded)
+            _backends[key] = Backend(found, embedded=embedded)
             atexit.register(_backends[key].close)
         return _backends[key]

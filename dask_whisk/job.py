@@ -12,6 +12,8 @@ import secrets
 from collections.abc import Hashable, Iterable
 from typing import Any
 
+import dask.config
+
 from . import protocol
 from .backend import Backend
 from .plan import Plan, Unit
@@ -39,7 +41,7 @@ class Job:
         self.plan = plan
         self.id = new_job_id()
         self.mac_key = secrets.token_bytes(32)
-        self.store = open_job_store(backend.store.kind, self.id, **dict(backend.store.options))
+        self.store = open_job_store(dask.config.get("whisk.store"), self.id)
         #: source key -> where its frame is (an inline or stored descriptor)
         self.refs: dict[Key, dict[str, Any]] = {}
         #: unit name -> where its spec frame is

@@ -90,7 +90,8 @@ def get(dsk: Mapping | Any, keys: Sequence[Key] | Key, callbacks=None, **kwargs:
                 f(graph, state)
             job.prepare()
             wanted = _flat(keys)
-            _run(job, graph, wanted, state, pretask, posttask, backend.max_in_flight)
+            cap = dask.config.get("whisk.max-in-flight")
+            _run(job, graph, wanted, state, pretask, posttask, min(backend.max_in_flight, cap or backend.max_in_flight))
             results = {key: job.value(key) for key in wanted}
             failed = False
         finally:

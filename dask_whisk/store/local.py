@@ -16,8 +16,11 @@ from . import Buffer, JobStore, ObjectMissing, WorkerStore
 
 
 def default_root() -> Path:
-    """The directory holding job namespaces when no ``whisk.local-store`` is configured."""
-    return Path(tempfile.gettempdir()) / "dask-whisk-store"
+    """The directory holding job namespaces: dask config ``whisk.local.root``, else a temp dir."""
+    import dask.config
+
+    configured = dask.config.get("whisk.local.root", None)
+    return Path(configured) if configured else Path(tempfile.gettempdir()) / "dask-whisk-store"
 
 
 class LocalWorkerStore(WorkerStore):

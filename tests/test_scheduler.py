@@ -1,0 +1,229 @@
+"""whisk_get against Dask's own sync scheduler, end to end through the local OpenWhisk-compatible
+server, once with the local store and once with a real Swift; no job object may outlive its job."""
+import logging
+import threading
+
+import dask
+import dask.array as da
+import dask.bag as db
+import numpy as np
+import pytest
+from dask.diagnostics import Callback, ProgressBar
+
+from dask_whisk import backend, whisk_get
+from dask_whisk.plan import LocalDiskGraphError
+from dask_whisk.protocol import SerializationError
+from dask_whisk.store import JOB_PREFIX
+
+
+@pytest.fixture(params=["local", "swift"])
+def store(request, local_store_root):
+    """Run the test on one store, then check the job left nothing behind in it."""
+    if request.param == "swift":
+        env = request.getfixturevalue("swift_env")
+        with dask.config.set({"whisk.store": "swift"}):
+            yield "swift"
+        import swiftclient
+
+        conn = swiftclient.Connection(env["ST_AUTH"], env["ST_USER"], env["ST_KEY"])
+        _, containers = conn.get_account(prefix=JOB_PREFIX)
+        leftovers = []
+        for c in containers:
+            leftovers += [o["name"] for o in conn.get_container(c["name"])[1]]
+        assert not leftovers, f"objects left in Swift: {leftovers[:5]}"
+    else:
+        with dask.config.set({"whisk.store": "local"}):
+            yield "local"
+        assert not [p for p in local_store_root.iterdir()], "job directories left in the local store"
+
+
+def same(x, **kwargs):
+    """Compute ``x`` with whisk_get and with the sync scheduler; return both."""
+    (got,) = dask.compute(x, scheduler=whisk_get, **kwargs)
+    (want,) = dask.compute(x, scheduler="sync")
+    return got, want
+
+
+def assert_same_array(x):
+    got, want = same(x)
+    np.testing.assert_allclose(got, want)
+    assert np.shape(got) == np.shape(want)
+
+
+def test_elementwise_and_reductions(store):
+    x = da.random.RandomState(0).random((400, 300), chunks=(100, 100))
+    assert_same_array((x + x.T[:300, :400].T * 2).mean(axis=0))
+    assert_same_array(x.sum())
+    assert_same_array(da.maximum(x, 0.5).std(axis=1))
+
+
+def test_matmul_and_linear_algebra(store):
+    rs = da.random.RandomState(1)
+    a = rs.random((300, 200), chunks=(100, 100))
+    assert_same_array(a @ a.T)
+    tall = rs.random((2000, 20), chunks=(500, 20))
+    q, r = da.linalg.tsqr(tall)
+    got_q, got_r = dask.compute(q, r, scheduler=whisk_get)
+    np.testing.assert_allclose(got_q @ got_r, tall.compute(scheduler="sync"), atol=1e-10)
+    u, s, v = da.linalg.svd(tall)
+    np.testing.assert_allclose(s.compute(scheduler=whisk_get), s.compute(scheduler="sync"))
+
+
+def test_rechunk_slicing_map_blocks_closure_and_overlap(store):
+    x = da.arange(10_000, chunks=1000).reshape(100, 100).rechunk((30, 70))
+    assert_same_array(x[5:90:3, ::-7])
+    offset = 42.0
+
+    def shift(block):
+        return block + offset  # a closure: pickled by value
+
+    assert_same_array(x.map_blocks(shift))
+    assert_same_array(x.map_overlap(lambda b: b * 2 - np.roll(b, 1, axis=0), depth=2, boundary="reflect"))
+
+
+def test_from_array_of_20_megabytes(store):
+    data = np.random.RandomState(2).random(2_500_000)  # 20 MB embedded in the graph
+    x = da.from_array(data, chunks=500_000)
+    assert x.sum().compute(scheduler=whisk_get) == pytest.approx(data.sum())
+    np.testing.assert_array_equal((x * 2).compute(scheduler=whisk_get), data * 2)
+
+
+def test_bag_operations(store):
+    b = db.from_sequence(range(1000), npartitions=8)
+    for expr in (
+        b.map(lambda v: v * 3).filter(lambda v: v % 2 == 0),
+        b.fold(lambda acc, v: acc + v, initial=0),
+        b.foldby(lambda v: v % 7, lambda acc, v: acc + v, 0),
+        b.map(lambda v: v % 13).frequencies(),
+        b.topk(5, key=lambda v: -v),
+    ):
+        got, want = same(expr)
+        assert (sorted(got) if isinstance(got, list) else got) == (sorted(want) if isinstance(want, list) else want)
+
+
+def test_bag_groupby_with_task_shuffle(store):
+    b = db.from_sequence(range(200), npartitions=5).groupby(lambda v: v % 4, shuffle="tasks")
+    got, want = same(b.map(lambda kv: (kv[0], sorted(kv[1]))))
+    assert sorted(got) == sorted(want)
+
+
+def test_nested_delayed_outputs_and_kwargs(store):
+    @dask.delayed
+    def f(x, scale=1):
+        return x * scale
+
+    out = {"a": f(1, scale=3), "b": [f(2), (f(3, scale=f(2)), "literal")], "c": 7}
+    (got,) = dask.compute(out, scheduler=whisk_get)
+    assert got == {"a": 3, "b": [2, (6, "literal")], "c": 7}
+
+
+def test_large_task_result_goes_through_the_store(store):
+    big = dask.delayed(lambda: np.ones(1_000_000))()  # 8 MB: far over the 1 MiB result limit
+    total = dask.delayed(np.sum)(big)
+    got_big, got_total = dask.compute(big, total, scheduler=whisk_get)
+    assert got_big.nbytes == 8_000_000 and got_total == 1_000_000
+
+
+def test_persist_and_literals_and_empty_arrays(store):
+    x = da.arange(100, chunks=10) * 2
+    (p,) = dask.persist(x, scheduler=whisk_get)
+    np.testing.assert_array_equal(p.compute(scheduler="sync"), np.arange(100) * 2)
+    assert dask.compute(5, "text", scheduler=whisk_get) == (5, "text")
+    empty = da.zeros((0, 5), chunks=(1, 5))
+    assert empty.sum(axis=0).compute(scheduler=whisk_get).shape == (5,)
+    assert dask.delayed(len)([]).compute(scheduler=whisk_get) == 0
+
+
+def test_user_error_keeps_type_and_remote_traceback(store):
+    def fail(v):
+        raise ValueError(f"bad value {v}")
+
+    x = dask.delayed(fail)(dask.delayed(lambda: 3)())
+    with pytest.raises(ValueError, match="bad value 3") as info:
+        x.compute(scheduler=whisk_get)
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    assert "Remote traceback" in notes and "in fail" in notes
+
+
+def activations_count() -> int:
+    """Activations the embedded server has recorded so far (it keeps them all)."""
+    b = backend.get_backend()
+
+    async def count():
+        total, skip = 0, 0
+        while True:
+            page = await b.client.list_activations(limit=200, skip=skip)
+            total += len(page)
+            if len(page) < 200:
+                return total
+            skip += 200
+
+    return b.io.run(count())
+
+
+def test_failure_stops_dispatching_at_once(store):
+    import time
+
+    def slow(i):
+        time.sleep(0.3)
+        return i
+
+    def fail():
+        raise RuntimeError("first unit fails")
+
+    work = [dask.delayed(fail, pure=False)()] + [dask.delayed(slow, pure=False)(i) for i in range(60)]
+    before = activations_count()
+    with dask.config.set({"whisk.max-in-flight": 4}):
+        with pytest.raises(RuntimeError, match="first unit fails"):
+            dask.compute(*work, scheduler=whisk_get)
+    time.sleep(1.0)
+    assert activations_count() - before < 20, "dispatching went on after the failure"
+
+
+def test_unpicklable_task_fails_before_any_invoke(store):
+    lock = threading.Lock()
+    x = dask.delayed(lambda: lock.locked())()
+    dask.compute(dask.delayed(int)(1), scheduler=whisk_get)  # backend up, action deployed
+    before = activations_count()
+    with pytest.raises(SerializationError, match="lock"):
+        x.compute(scheduler=whisk_get)
+    assert activations_count() == before
+
+
+def test_disk_shuffle_is_refused(store):
+    b = db.from_sequence(range(10), npartitions=2).groupby(lambda v: v % 2)
+    with pytest.raises(LocalDiskGraphError, match="shuffle='tasks'"):
+        b.compute(scheduler=whisk_get)
+
+
+def test_callbacks_and_named_scheduler(store, capsys):
+    seen = []
+    cb = Callback(pretask=lambda key, dsk, state: seen.append(("pre", key)),
+                  posttask=lambda key, res, dsk, state, worker_id: seen.append(("post", key, worker_id)))
+    x = da.ones(10, chunks=5).sum()
+    with cb, ProgressBar():
+        assert x.compute(scheduler="whisk") == 10
+    assert "100% Completed" in capsys.readouterr().out
+    posts = [s for s in seen if s[0] == "post"]
+    assert posts and all(len(s[2]) == 32 for s in posts), "worker_id is the activation id"
+    with dask.config.set(scheduler=whisk_get):
+        assert x.compute() == 10
+
+
+def test_embedded_default_is_announced_once(tmp_path):
+    """A fresh process with no configuration starts the embedded server and says so once."""
+    import subprocess
+    import sys
+
+    script = (
+        "import logging, dask, dask.array as da\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "from dask_whisk import whisk_get\n"
+        "print(da.arange(10, chunks=5).sum().compute(scheduler=whisk_get))\n"
+        "print(dask.delayed(sum)([1, 2]).compute(scheduler=whisk_get))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["45", "3"]
+    assert out.stderr.count("embedded local OpenWhisk-compatible server") == 1, out.stderr
