@@ -312,6 +312,10 @@ class OpenWhiskClient:
                     activation_id = response.headers.get("x-openwhisk-activation-id")
             except aiohttp.ClientConnectorError as exc:
                 raise self._connection_error(exc, method, path) from None
+            except aiohttp.ConnectionTimeoutError:
+                raise WhiskConnectionError(
+                    f"Connecting to OpenWhisk at {self.config.apihost} timed out: check the API "
+                    "host and the network path to it", method=method, path=path) from None
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
                     aiohttp.ClientPayloadError) as exc:
                 # A pooled keep-alive connection the server had closed: try again on a fresh one.
@@ -444,6 +448,7 @@ class OpenWhiskClient:
 
         Non-blocking, or blocking past ``timeout_ms``: status 202 with only the activation id.
         A failed activation (502, or 500 carrying an activation id) is returned, not raised.
+        A connection dropped mid-request is retried, so an action may (rarely) run twice.
         """
         await self._ensure_pacing()
         if blocking:
