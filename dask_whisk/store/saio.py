@@ -262,9 +262,13 @@ def _alive(pid: int, marker: str) -> bool:
     """Whether ``pid`` is still one of our servers (its command line names our config)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return False
-    return marker.encode() in cmdline
+    if state in ("Z", "X"):
+        return False
+    # the kernel shows an empty command line while a process is between fork and exec
+    return marker.encode() in cmdline or not cmdline
 
 
 def _healthy(port: int) -> bool:
