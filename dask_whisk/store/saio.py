@@ -233,7 +233,7 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -254,7 +254,7 @@ def _choose_ports(proxy_port: int | None, previous: dict[str, int]) -> dict[str,
                 chosen[name] = candidate
                 break
         else:
-            chosen[name] = _free_port()
+            chosen[name] = free_port()
     return chosen
 
 

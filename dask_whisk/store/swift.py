@@ -454,7 +454,8 @@ def open_worker_store(access: dict[str, Any]) -> SwiftWorkerStore:
 class SwiftJobStore(JobStore):
     """The client's handle on a job's Swift namespace (a container, or a prefix in one)."""
 
-    def __init__(self, job_id: str, settings: SwiftSettings):
+    def __init__(self, job_id: str, settings: SwiftSettings, create: bool = True):
+        """Authenticate; with ``create``, also make the job's container and choose worker access."""
         self.job_id = job_id
         self.settings = settings
         self.own_container = settings.container is None
@@ -469,10 +470,12 @@ class SwiftJobStore(JobStore):
         conn = self._connect_checked()
         self.storage_url = conn.url
         self._capabilities = self._call("GET /info", "", conn.get_capabilities)
-        if self.own_container:
-            self._call("PUT container", "", conn.put_container, self.container)
-        self._tempurl_key = self._choose_tempurl_key(conn)
+        self._tempurl_key: str | None = None
         self._digest = self._choose_digest()
+        if create:
+            if self.own_container:
+                self._call("PUT container", "", conn.put_container, self.container)
+            self._tempurl_key = self._choose_tempurl_key(conn)
 
     # connections and errors -----------------------------------------------------------------------
 
@@ -768,3 +771,22 @@ def open_job_store(job_id: str, **options: Any) -> SwiftJobStore:
     :func:`resolve_settings`); a missing or rejected setting raises :class:`SwiftConfigError`.
     """
     return SwiftJobStore(job_id, resolve_settings(**options))
+
+
+def job_namespaces(settings: SwiftSettings) -> list[str]:
+    """Job ids that have a namespace in Swift: per-job containers, or prefixes of the container."""
+    from . import JOB_PREFIX
+
+    probe = SwiftJobStore(f"{JOB_PREFIX}listing", settings, create=False)
+    try:
+        conn = probe._conn()
+        if settings.container is None:
+            _, containers = probe._call("GET account", "", conn.get_account, prefix=JOB_PREFIX,
+                                        full_listing=True)
+            return [c["name"] for c in containers]
+        _, listing = probe._call("GET container", settings.container, conn.get_container,
+                                 settings.container, prefix=JOB_PREFIX, delimiter="/",
+                                 full_listing=True)
+        return [entry["subdir"].rstrip("/") for entry in listing if "subdir" in entry]
+    finally:
+        probe.close()
