@@ -10,6 +10,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 from . import JOB_PREFIX, StoreError, job_age_seconds
 from .local import default_root
@@ -44,7 +45,7 @@ def swift_jobs() -> dict[str, Remover]:
 
 
 def clean(jobs: dict[str, Remover], where: str, older_than_hours: float, dry_run: bool,
-          out=sys.stdout) -> int:
+          out: TextIO | None = None) -> int:
     """Remove the jobs older than the threshold; print one line per job; return how many."""
     removed = 0
     for job_id in sorted(jobs):
@@ -55,7 +56,7 @@ def clean(jobs: dict[str, Remover], where: str, older_than_hours: float, dry_run
             jobs[job_id](job_id)
         removed += 1
         verb = "would remove" if dry_run else "removed"
-        print(f"{verb} {where} {job_id} (started {age / 3600:.1f} h ago)", file=out)
+        print(f"{verb} {where} {job_id} (started {age / 3600:.1f} h ago)", file=out or sys.stdout)
     return removed
 
 
