@@ -1,0 +1,101 @@
+"""Fixtures for the local OpenWhisk-compatible server: running servers and a raw HTTP helper.
+
+The lead's conftest imports these with ``from _server_fixtures import *``.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from dask_whisk.server import ServerProcess, ServerSettings, start_server_process
+
+__all__ = ["server_process", "server_factory", "server_npm_dir", "RawWhisk", "ROOMY"]
+
+#: research-style limits, so only tests that want a throttle meet one
+ROOMY = dict(invocations_per_minute=1_000_000, concurrent_invocations=10_000, user_memory_mb=4096)
+
+
+@pytest.fixture(scope="session")
+def server_process() -> ServerProcess:
+    """One shared server (port 0, roomy limits) for the session; tests use distinct action names."""
+    handle = start_server_process(ServerSettings(port=0, **ROOMY))
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture
+def server_factory():
+    """Start servers with given settings (``server_factory(concurrent_invocations=2)``); all stop after."""
+    started: list[ServerProcess] = []
+
+    def start(**settings) -> ServerProcess:
+        handle = start_server_process(ServerSettings(port=0, **settings))
+        started.append(handle)
+        return handle
+
+    yield start
+    for handle in started:
+        handle.stop()
+
+
+@pytest.fixture(scope="session")
+def server_npm_dir() -> Path:
+    """Where ``make test`` installed the npm ``openwhisk`` client; fails clearly when absent."""
+    value = os.environ.get("DASK_WHISK_NPM_DIR")
+    if not value:
+        pytest.fail("DASK_WHISK_NPM_DIR is not set: run the tests with `make test`, which installs "
+                    "the npm openwhisk client into .cache/npm and sets it")
+    path = Path(value)
+    if not (path / "node_modules" / "openwhisk" / "package.json").is_file():
+        pytest.fail(f"{path}/node_modules/openwhisk is missing: run `make npm` (or `make test`)")
+    return path
+
+
+class RawWhisk:
+    """Raw aiohttp requests to a server (no OpenWhisk client in between), for exact checks."""
+
+    def __init__(self, url: str, auth: str | None) -> None:
+        self.url = url
+        self.headers = {}
+        if auth is not None:
+            self.headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+        self.session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> "RawWhisk":
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.session.close()
+
+    async def request(self, method: str, path: str, body: object = None, *, data: bytes | None = None,
+                      headers: dict | None = None, params: dict | None = None):
+        """(status, parsed JSON body, headers) of ``method`` on ``path`` (below /api/v1 unless absolute)."""
+        url = self.url + (path if path.startswith("/") else "/api/v1/namespaces/_/" + path)
+        kwargs = {"json": body} if body is not None else {"data": data}
+        async with self.session.request(method, url, params=params,
+                                        headers={**self.headers, **(headers or {})}, **kwargs) as r:
+            with contextlib.suppress(ValueError, aiohttp.ContentTypeError):
+                return r.status, await r.json(content_type=None), r.headers
+            return r.status, None, r.headers
+
+    async def put_action(self, name: str, code: str, **fields) -> dict:
+        """Create or update a Python action; fails the test unless the server answers 200."""
+        exec_ = {"kind": fields.pop("kind", "python:default"), "code": code}
+        if "main" in fields:
+            exec_["main"] = fields.pop("main")
+        body = {"exec": exec_, **fields}
+        status, action, _ = await self.request("PUT", f"actions/{name}", body,
+                                               params={"overwrite": "true"})
+        assert status == 200, action
+        return action
+
+    async def invoke(self, name: str, params: dict | None = None, **query):
+        """Blocking invoke: (status, body, headers)."""
+        q = {"blocking": "true", **{k: str(v).lower() for k, v in query.items()}}
+        return await self.request("POST", f"actions/{name}", params or {}, params=q)
