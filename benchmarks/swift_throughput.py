@@ -22,15 +22,16 @@ from dask_whisk.store import new_job_id, open_job_store, open_worker_store, saio
 MiB = 1024 * 1024
 
 
-def rate(nbytes: int, fn: Callable[[int], object], repeat: int) -> float:
-    """Median MB/s of ``fn(i)`` over ``repeat`` runs (after one warm-up run)."""
-    fn(-1)
-    times = []
-    for i in range(repeat):
-        start = time.perf_counter()
-        fn(i)
-        times.append(time.perf_counter() - start)
-    return nbytes / statistics.median(times) / 1e6
+def rates(nbytes: int, ops: dict[str, Callable[[int], object]], repeat: int) -> dict[str, float]:
+    """Median MB/s of each ``op(i)``, the ops interleaved round by round after a warm-up round."""
+    times: dict[str, list[float]] = {name: [] for name in ops}
+    for i in range(-1, repeat):
+        for name, op in ops.items():
+            start = time.perf_counter()
+            op(i)
+            if i >= 0:
+                times[name].append(time.perf_counter() - start)
+    return {name: nbytes / statistics.median(t) / 1e6 for name, t in times.items()}
 
 
 def measure(auth_url: str, user: str, key: str, size_mib: int, repeat: int) -> dict[str, float]:
@@ -43,19 +44,21 @@ def measure(auth_url: str, user: str, key: str, size_mib: int, repeat: int) -> d
     names = [f"o{i}" for i in range(-1, repeat)]
     worker = open_worker_store(store.worker_access(names, names))
     try:
-        results = {
-            "raw put": rate(n, lambda i: raw.put_object(container, f"raw{i}", payload), repeat),
-            "raw get": rate(n, lambda i: raw.get_object(container, f"raw{i}"), repeat),
-            "store put": rate(n, lambda i: store.put(f"s{i}", [payload]), repeat),
-            "store get": rate(n, lambda i: store.get(f"s{i}"), repeat),
-            "worker put": rate(n, lambda i: worker.put(f"o{i}", [payload]), repeat),
-            "worker get": rate(n, lambda i: worker.get(f"o{i}"), repeat),
-        }
+        puts = rates(n, {
+            "raw put": lambda i: raw.put_object(container, f"raw{i}", payload),
+            "store put": lambda i: store.put(f"s{i}", [payload]),
+            "worker put": lambda i: worker.put(f"o{i}", [payload]),
+        }, repeat)
+        gets = rates(n, {
+            "raw get": lambda i: raw.get_object(container, f"raw{i}"),
+            "store get": lambda i: store.get(f"s{i}"),
+            "worker get": lambda i: worker.get(f"o{i}"),
+        }, repeat)
     finally:
         store.destroy()
         store.close()
         raw.close()
-    return results
+    return {**puts, **gets}
 
 
 def main() -> None:
