@@ -356,8 +356,8 @@ class Invoker:
             await asyncio.sleep(timeout_ms / 1000.0)
             container.kill("timeout")
             return DEVELOPER_ERROR, {"error": timeout_message(timeout_ms, init=False)}, True
-        if activation.fault == "crash":
-            asyncio.get_running_loop().call_later(0.005, container.kill, "crash")
+        if activation.fault == "crash":  # the process dies as the activation reaches it
+            container.kill("crash")
         try:
             status, reply = await container.post("/run", body, timeout_ms / 1000.0)
         except ContainerGone as gone:

@@ -1,0 +1,132 @@
+"""Throttles, the memory-sized container pool, the fault mode and the CLI of the local server."""
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+
+from _server_fixtures import ROOMY, RawWhisk, server_factory  # noqa: F401 (fixtures)
+from dask_whisk.server.main import add_arguments, settings_from_args
+from dask_whisk.server.settings import FaultSettings, ServerSettings
+
+SLEEP = "import time\ndef main(args):\n    time.sleep(args.get('s', 1))\n    return {'slept': args.get('s', 1)}\n"
+
+
+def wait_for_fresh_minute(margin: float = 3.0) -> None:
+    """The per-minute bucket is a wall-clock minute: start a rate test well inside one."""
+    left = 60 - time.time() % 60
+    if left < margin:
+        time.sleep(left + 0.05)
+
+
+def test_invocations_per_minute_429(server_factory):
+    handle = server_factory(invocations_per_minute=3)
+
+    async def body():
+        async with RawWhisk(handle.url, handle.auth) as ow:
+            await ow.put_action("echo", "def main(a):\n    return a\n")
+            wait_for_fresh_minute()
+            statuses = [(await ow.invoke("echo"))[0] for _ in range(3)]
+            status, error, headers = await ow.invoke("echo")
+            assert statuses == [200, 200, 200] and status == 429
+            assert error["error"] == "Too many requests in the last minute (count: 4, allowed: 3)."
+            assert "Retry-After" not in headers
+
+    asyncio.run(body())
+
+
+def test_concurrent_invocations_429_and_pool_wait(server_factory):
+    handle = server_factory(invocations_per_minute=1000, concurrent_invocations=3, user_memory_mb=256)
+
+    async def body():
+        async with RawWhisk(handle.url, handle.auth) as ow:
+            await ow.put_action("sleep", SLEEP, limits={"memory": 128})
+            ids = []
+            for _ in range(3):
+                status, accepted, _ = await ow.request("POST", "actions/sleep", {"s": 0.7})
+                assert status == 202
+                ids.append(accepted["activationId"])
+            status, error, _ = await ow.request("POST", "actions/sleep", {"s": 0.7})
+            assert (status, error["error"]) == (
+                429, "Too many concurrent requests in flight (count: 3, allowed: 3).")
+            records = []
+            for activation_id in ids:
+                status = 404
+                while status == 404:
+                    await asyncio.sleep(0.1)
+                    status, record, _ = await ow.request("GET", f"activations/{activation_id}")
+                records.append(record)
+            waits = sorted(next(a["value"] for a in r["annotations"] if a["key"] == "waitTime")
+                           for r in records)
+            assert waits[0] < 300 and waits[2] >= 500  # two containers of 128 MB fit in 256 MB
+            status, _, _ = await ow.request("POST", "actions/sleep", {"s": 0})
+            assert status == 202  # slots are free again
+
+    asyncio.run(body())
+
+
+def test_fault_mode_statuses_and_rejections(server_factory):
+    def run_with(kinds: str) -> tuple[int, dict]:
+        handle = server_factory(faults=FaultSettings(fault_rate=1.0, kinds=(kinds,), seed=1), **ROOMY)
+
+        async def body():
+            async with RawWhisk(handle.url, handle.auth) as ow:
+                await ow.put_action("echo", "def main(a):\n    return a\n")
+                return (await ow.invoke("echo"))[:2]
+
+        return asyncio.run(body())
+
+    assert run_with("429")[0] == 429
+    assert run_with("503")[0] == 503
+    status, record = run_with("crash")
+    assert status == 502 and record["response"]["result"]["error"] == (
+        "The action did not produce a valid response and exited unexpectedly.")
+    status, record = run_with("application error")
+    assert status == 502 and record["response"]["status"] == "application error"
+    status, record = run_with("whisk internal error")
+    assert status == 500 and record["response"]["status"] == "whisk internal error"
+
+
+def test_fault_mode_hang_and_latency(server_factory):
+    handle = server_factory(faults=FaultSettings(hang_rate=1.0, latency_ms=300), **ROOMY)
+
+    async def body():
+        async with RawWhisk(handle.url, handle.auth) as ow:
+            await ow.put_action("echo", "def main(a):\n    return a\n", limits={"timeout": 400})
+            started = time.monotonic()
+            status, record, _ = await ow.invoke("echo")
+            assert time.monotonic() - started >= 0.7
+            assert status == 502 and record["response"]["result"] == {
+                "error": "The action exceeded its time limits of 400 milliseconds."}
+
+    asyncio.run(body())
+
+
+def test_settings_round_trip_through_the_command_line():
+    import argparse
+
+    settings = ServerSettings(port=0, auth="u:k", invocations_per_minute=7, user_memory_mb=1024,
+                              faults=FaultSettings(fault_rate=0.5, kinds=("429", "crash"), seed=3))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    os.environ["DASK_WHISK_SERVER_AUTH"] = "u:k"
+    try:
+        assert settings_from_args(parser.parse_args(settings.to_argv())) == settings
+    finally:
+        del os.environ["DASK_WHISK_SERVER_AUTH"]
+    assert "k" not in repr(ServerSettings(auth="secret-uuid:secret-key")).split("auth=")[1].split(",")[0]
+
+
+def test_cli_announces_url_and_rejects_bad_settings():
+    cli = [sys.executable, "-m", "dask_whisk.cli", "server"]
+    process = subprocess.Popen(cli + ["--port", "0", "--auth", "abc:def"], stdout=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("dask-whisk server listening on http://127.0.0.1:")
+    finally:
+        process.terminate()
+        assert process.wait(15) == 0
+    bad = subprocess.run(cli + ["--auth", "nocolon"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "uuid:key" in bad.stderr
