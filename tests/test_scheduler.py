@@ -21,11 +21,13 @@ def store(request, local_store_root):
     """Run the test on one store, then check the job left nothing behind in it."""
     if request.param == "swift":
         env = request.getfixturevalue("swift_env")
-        with dask.config.set({"whisk.store": "swift"}):
+        settings = {"whisk.store": "swift", "whisk.swift.auth-url": env.auth_url,
+                    "whisk.swift.user": env.user, "whisk.swift.key": env.key}
+        with dask.config.set(settings):
             yield "swift"
         import swiftclient
 
-        conn = swiftclient.Connection(env["ST_AUTH"], env["ST_USER"], env["ST_KEY"])
+        conn = swiftclient.Connection(env.auth_url, env.user, env.key)
         _, containers = conn.get_account(prefix=JOB_PREFIX)
         leftovers = []
         for c in containers:
@@ -164,20 +166,17 @@ def activations_count() -> int:
 def test_failure_stops_dispatching_at_once(store):
     import time
 
-    def slow(i):
+    def slow_failure(i):
         time.sleep(0.3)
-        return i
+        raise RuntimeError(f"unit {i} fails")
 
-    def fail():
-        raise RuntimeError("first unit fails")
-
-    work = [dask.delayed(fail, pure=False)()] + [dask.delayed(slow, pure=False)(i) for i in range(60)]
+    work = [dask.delayed(slow_failure, pure=False)(i) for i in range(60)]
     before = activations_count()
     with dask.config.set({"whisk.max-in-flight": 4}):
-        with pytest.raises(RuntimeError, match="first unit fails"):
+        with pytest.raises(RuntimeError, match="unit .* fails"):
             dask.compute(*work, scheduler=whisk_get)
     time.sleep(1.0)
-    assert activations_count() - before < 20, "dispatching went on after the failure"
+    assert activations_count() - before <= 8, "dispatching went on after the first failure"
 
 
 def test_unpicklable_task_fails_before_any_invoke(store):
