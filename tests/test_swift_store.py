@@ -83,6 +83,19 @@ def test_expired_token_is_renewed(store):
     assert store.get("a") == b"1" and conn.token != "AUTH_tk" + "0" * 32
 
 
+def test_swiftclient_request_log_hides_credentials(swift_env, caplog):
+    with caplog.at_level("DEBUG", logger="swiftclient"):
+        s = open_job_store("swift", new_job_id(), **swift_env.options())
+        try:
+            s.put("a", [b"1"])
+            token = s._conn().token
+        finally:
+            s.destroy()
+    assert "X-Auth-Token" in caplog.text
+    assert token[-8:] not in caplog.text and token[:12] not in caplog.text
+    assert f"X-Auth-Key: {swift_env.key}" not in caplog.text
+
+
 def test_connections_are_per_thread(store):
     errors = []
 

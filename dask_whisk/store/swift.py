@@ -94,7 +94,10 @@ class SwiftSettings:
     def connection(self):
         """A new python-swiftclient Connection with these settings (one per thread)."""
         import swiftclient
+        import swiftclient.client
 
+        # swiftclient's request log shows the first 16 characters of tokens and keys by default
+        swiftclient.client.logger_settings["reveal_sensitive_prefix"] = 0
         common = dict(retries=self.retries, starting_backoff=self.backoff,
                       max_backoff=max(self.backoff * 16, 1.0), timeout=self.timeout)
         if self.auth_url:
