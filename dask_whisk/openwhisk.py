@@ -9,6 +9,7 @@ for ``concurrentInvocations``, a sliding one-minute window for ``invocationsPerM
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import json
 import random
@@ -24,7 +25,7 @@ from .config import ClientSettings, WhiskConfig
 
 #: the sliding window of the invocation rate limiter, a little over OpenWhisk's one-minute bucket
 RATE_WINDOW_SECONDS = 60.5
-#: longest blocking wait OpenWhisk allows; beyond it a blocking invoke answers 202
+#: OpenWhisk's default (and usual) longest blocking wait; beyond it a blocking invoke answers 202
 MAX_BLOCKING_MS = 60_000
 _RETRY_STATUSES = (429, 503)
 _FIRST_BACKOFF = 0.1
@@ -229,10 +230,10 @@ class OpenWhiskClient:
                 keepalive_timeout=30, ttl_dns_cache=300,
                 ssl=False if self.config.insecure else True,
             )
-            user, key = self.config.credentials
+            token = base64.b64encode(self.config.auth.encode()).decode("ascii")
             self._session = aiohttp.ClientSession(
-                connector=connector, auth=aiohttp.BasicAuth(user, key),
-                headers={"Accept": "application/json"},
+                connector=connector,
+                headers={"Accept": "application/json", "Authorization": f"Basic {token}"},
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=90),
             )
         return self._session
@@ -443,10 +444,11 @@ class OpenWhiskClient:
 
     async def invoke(self, name: str, params: Mapping[str, Any] | None = None, *,
                      blocking: bool = False, result: bool = False,
-                     timeout_ms: int = MAX_BLOCKING_MS) -> Invocation:
+                     timeout_ms: int | None = None) -> Invocation:
         """Invoke an action once (paced to the namespace limits, 429/503 retried).
 
-        Non-blocking, or blocking past ``timeout_ms``: status 202 with only the activation id.
+        Non-blocking, or blocking past ``timeout_ms`` (default: the deployment's maximum wait,
+        60 s unless raised; a larger value is a WhiskBadRequest): status 202 with only the id.
         A failed activation (502, or 500 carrying an activation id) is returned, not raised.
         A connection dropped mid-request is retried, so an action may (rarely) run twice.
         """
@@ -458,13 +460,14 @@ class OpenWhiskClient:
         return await self._invoke(name, params, blocking=False, result=False, timeout_ms=timeout_ms)
 
     async def _invoke(self, name: str, params: Mapping[str, Any] | None, *, blocking: bool,
-                      result: bool, timeout_ms: int) -> Invocation:
+                      result: bool, timeout_ms: int | None) -> Invocation:
         url, path = self._entity_url("actions", name)
         query: dict[str, Any] = {"blocking": blocking}
         if blocking:
-            query.update(result=result, timeout=int(timeout_ms))
+            query.update(result=result, timeout=None if timeout_ms is None else int(timeout_ms))
+        wait_ms = MAX_BLOCKING_MS if timeout_ms is None else max(timeout_ms, 0)
         reply = await self._request("POST", url, path, query=query, body=dict(params or {}),
-                                    invoke=True, read_timeout=timeout_ms / 1000 + 30)
+                                    invoke=True, read_timeout=wait_ms / 1000 + 30)
         body = reply.body
         activation_id = reply.activation_id
         if activation_id is None and not result and isinstance(body, Mapping):
@@ -496,7 +499,7 @@ class OpenWhiskClient:
         deadline = loop.time() + limit
         async with self._semaphore:
             invocation = await self._invoke(name, params, blocking=True, result=False,
-                                            timeout_ms=MAX_BLOCKING_MS)
+                                            timeout_ms=None)
             if invocation.record is not None:
                 return invocation.record
             delay = _FIRST_POLL
