@@ -130,3 +130,44 @@ def test_cli_announces_url_and_rejects_bad_settings():
         assert process.wait(15) == 0
     bad = subprocess.run(cli + ["--auth", "nocolon"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "uuid:key" in bad.stderr
+
+
+def _runtime_children(pid: int) -> set[int]:
+    children = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+                cmdline = open(f"/proc/{entry}/cmdline", "rb").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"runtime.py" in cmdline:
+                children.add(int(entry))
+    return children
+
+
+def test_idle_removal_log_limit_and_no_leaked_processes(server_factory):
+    handle = server_factory(idle_container_seconds=0.5, **ROOMY)
+
+    async def body():
+        async with RawWhisk(handle.url, handle.auth) as ow:
+            await ow.put_action("chatty", "def main(a):\n    print('x' * 100)\n    return {}\n",
+                                limits={"logs": 0})
+            status, record, _ = await ow.invoke("chatty")
+            assert status == 200 and record["logs"][0].endswith(
+                "Logs were truncated because the total bytes size exceeds the limit of 0 bytes.")
+            assert len(_runtime_children(handle.process.pid)) == 1
+            await asyncio.sleep(2)
+            assert _runtime_children(handle.process.pid) == set()  # removed after its idle time
+            status, record, _ = await ow.invoke("chatty")
+            assert any(a["key"] == "initTime" for a in record["annotations"])
+
+    asyncio.run(body())
+    children = _runtime_children(handle.process.pid)
+    assert len(children) == 1
+    handle.process.kill()  # even a killed server leaves no container behind
+    handle.process.wait()
+    deadline = time.monotonic() + 5
+    while any(os.path.exists(f"/proc/{pid}") for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in children)
