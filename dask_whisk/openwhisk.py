@@ -12,6 +12,7 @@ import asyncio
 import base64
 import collections
 import json
+import logging
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ import aiohttp
 from yarl import URL
 
 from .config import ClientSettings, WhiskConfig
+
+logger = logging.getLogger(__name__)
 
 #: the sliding window of the invocation rate limiter, a little over OpenWhisk's one-minute bucket
 RATE_WINDOW_SECONDS = 60.5
@@ -342,6 +345,8 @@ class OpenWhiskClient:
                 else:
                     self.stats.unavailable += 1
                 if self._may_retry(attempt, started, backoff):
+                    logger.debug("OpenWhisk answered %s to %s %s (attempt %d): %s; backing off",
+                                 status, method, path, attempt, _error_message(body_value))
                     await asyncio.sleep(random.uniform(backoff / 2, backoff))
                     backoff = min(backoff * 2, _MAX_BACKOFF)
                     continue

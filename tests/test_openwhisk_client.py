@@ -117,6 +117,7 @@ def test_action_lifecycle(server):
             fetched = await client.get_action(name)
             assert fetched["exec"]["code"] == ECHO
             assert "code" not in (await client.get_action(name, code=False))["exec"]
+            assert (await client.get_action(f"/_/{name}", code=False))["name"] == name  # /ns/name
             assert name in {a["name"] for a in await client.list_actions(limit=200)}
 
             record = await client.run(name, {"x": 1})  # default parameters merge under the call's
