@@ -71,7 +71,7 @@ WHEEL_PLATFORMS = (
 #: parts of installed packages the worker never loads (tests, typing stubs, C headers, caches)
 _TRIM_DIRS = {"tests", "__pycache__"}
 _TRIM_PATHS = ("numpy/_core/include/", "numpy/_core/lib/", "numpy/f2py/", "numpy/_pyinstaller/",
-               "numpy/doc/", "numpy/typing/tests/", "numpy/random/_examples/")
+               "numpy/doc/", "numpy/distutils/", "numpy/random/_examples/")
 _TRIM_SUFFIXES = (".pyi", ".pyc", ".pxd", ".h", ".c", ".pyx")
 
 #: a fixed timestamp makes the same inputs give the same zip bytes

@@ -152,14 +152,18 @@ def test_full_zip_runs_the_worker_with_only_its_virtualenv(full_zip_dir):
         "sys.path.append(os.getcwd())\n"
         "os.rename('__main__.py', 'main__.py')\n"
         "from main__ import main\n"
-        "import numpy, dask\n"
-        "print(json.dumps({'pong': main({'ping': True}), 'numpy': numpy.__file__, 'dask': dask.__file__}))\n"
+        "import numpy, dask, dask.array as da, dask.bag as db\n"
+        "total = float(da.ones((40, 40), chunks=10).dot(da.ones((40, 40), chunks=10)).sum().compute(scheduler='sync'))\n"
+        "words = db.from_sequence(['a b', 'b c'], npartitions=2).str.split().flatten().frequencies().compute(scheduler='sync')\n"
+        "print(json.dumps({'pong': main({'ping': True}), 'numpy': numpy.__file__, 'dask': dask.__file__,\n"
+        "                  'total': total, 'words': sorted(words)}))\n"
     )
     done = subprocess.run([sys.executable, "-S", "-c", script], cwd=full_zip_dir, capture_output=True,
                           text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout.strip().splitlines()[-1])
     assert answer["pong"]["pong"] is True and answer["pong"]["dask_whisk"] == dask_whisk.__version__
+    assert answer["total"] == 40.0 ** 3 and answer["words"] == [["a", 1], ["b", 2], ["c", 1]]
     for module in ("numpy", "dask"):
         assert answer[module].startswith(str(full_zip_dir / SITE)), answer[module]
 
