@@ -360,3 +360,11 @@ def test_deploy_command_reports_an_unreachable_host(capsys):
 def server_auth() -> str:
     return ServerSettings().auth
 
+
+
+def test_a_blackbox_image_is_sent_as_kind_blackbox(server, capsys):
+    # The local server runs no images: it refuses kind 'blackbox', and the command says so.
+    code = cli_main(["deploy", "--apihost", server.url, "--auth", server.auth, "--name", "bb-worker",
+                     "--image", "example/dask-whisk-worker:1.0"])
+    err = capsys.readouterr().err
+    assert code == 1 and "kind 'blackbox'" in err
