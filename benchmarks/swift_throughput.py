@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -87,6 +88,7 @@ def main() -> None:
     finally:
         if directory:
             saio.stop(directory)
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 if __name__ == "__main__":

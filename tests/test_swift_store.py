@@ -12,6 +12,7 @@ import swiftclient
 
 from dask_whisk.store import (JOB_PREFIX, ObjectMissing, StoreError, new_job_id, open_job_store,
                               open_worker_store)
+from dask_whisk.store import swift as swift_store
 from dask_whisk.store.swift import MANIFEST_TYPE, SwiftConfigError, resolve_settings
 
 SMALL_SEGMENTS = 1000
@@ -73,6 +74,14 @@ def test_settings_from_environment_and_dask_config(swift_env, monkeypatch):
         assert (settings.segment_size, settings.user) == (1234, "cfg:user")
         assert resolve_settings(user="arg:user").user == "arg:user"
     assert "testing" not in repr(settings)
+    preauth = resolve_settings(storage_url="http://127.0.0.1:1/v1/AUTH_x", token="tk")
+    assert preauth.auth_url is None and preauth.token == "tk"
+    monkeypatch.setenv("OS_AUTH_TOKEN", "env-token")
+    monkeypatch.setenv("OS_STORAGE_URL", "http://127.0.0.1:1/v1/AUTH_x")
+    monkeypatch.delenv("ST_AUTH")
+    assert resolve_settings().token == "env-token"
+    from_args = resolve_settings(auth_url=swift_env.auth_url)  # the auth URL given decides
+    assert from_args.token is None and from_args.storage_url is None
 
 
 def test_expired_token_is_renewed(store):
@@ -245,9 +254,10 @@ def test_shared_container_with_job_prefix(swift_env):
         conn.delete_container("dask-whisk-shared-test")
 
 
-def test_destroy_leaves_nothing(swift_env):
+def test_destroy_leaves_nothing(swift_env, monkeypatch):
+    monkeypatch.setattr(swift_store, "BULK_DELETE_BATCH", 20)
     s = open_job_store("swift", new_job_id(), **swift_env.options(segment_size=SMALL_SEGMENTS))
-    for i in range(1200):  # more than one bulk-delete request
+    for i in range(50):  # several bulk-delete requests
         s.put(f"o{i}", [b"x"])
     s.put("big", [b"y" * 3000])
     s.destroy()

@@ -37,6 +37,8 @@ MAX_OBJECT_SIZE = 5 * 1024**3
 #: HTTP statuses worth retrying: timeouts, rate limits and server-side trouble
 RETRY_STATUSES = frozenset({408, 429, 498, 500, 502, 503, 504})
 TEMPURL_MODES = ("auto", "account", "container", "off")
+#: objects per bulk-delete request (Swift's default maximum is 10,000)
+BULK_DELETE_BATCH = 1000
 
 #: dask config key under ``whisk.swift`` -> (environment variables, in order, that may set it)
 _SOURCES: dict[str, tuple[str, ...]] = {
@@ -125,12 +127,22 @@ def resolve_settings(**options: Any) -> SwiftSettings:
         configured = dask.config.get("whisk.swift", default=None) or {}
     except ImportError:
         configured = {}
+    environ = {name: next((os.environ[e] for e in env_names if os.environ.get(e)), None)
+               for name, env_names in _SOURCES.items()}
+    layers = [given, configured, environ]
     raw: dict[str, Any] = {}
-    for name, env_names in _SOURCES.items():
-        value = given.get(name, configured.get(name))
-        if value in (None, ""):
-            value = next((os.environ[e] for e in env_names if os.environ.get(e)), None)
-        raw[name] = _DEFAULTS.get(name) if value in (None, "") else value
+    for name in _SOURCES:
+        value = next((layer[name] for layer in layers if layer.get(name) not in (None, "")), None)
+        raw[name] = _DEFAULTS.get(name) if value is None else value
+    # the first layer naming an endpoint decides how to authenticate: a token given as an
+    # argument is not mixed with an auth URL from the environment, nor the other way round
+    deciding = next((layer for layer in layers
+                     if any(layer.get(k) for k in ("auth-url", "storage-url", "token"))), {})
+    if deciding.get("auth-url"):
+        if not (deciding.get("storage-url") or deciding.get("token")):
+            raw["storage-url"] = raw["token"] = None
+    elif deciding:
+        raw["auth-url"] = None
     return _validate(raw)
 
 
@@ -734,7 +746,7 @@ class SwiftJobStore(JobStore):
         return [entry["name"] for entry in listing]
 
     def _bulk_delete(self, objects: list[str]) -> None:
-        """Delete objects of the container, up to 1,000 per bulk request; missing ones are fine."""
+        """Delete objects of the container in bulk requests; objects already gone are fine."""
         if not objects:
             return
         conn = self._conn()
@@ -747,7 +759,8 @@ class SwiftJobStore(JobStore):
                         raise StoreError(f"Swift DELETE of {obj!r} failed: "
                                          f"{getattr(exc, 'http_status', None)}") from None
             return
-        limit = min(1000, self._capabilities["bulk_delete"].get("max_deletes_per_request", 1000))
+        limit = min(BULK_DELETE_BATCH,
+                    self._capabilities["bulk_delete"].get("max_deletes_per_request", 10000))
         for i in range(0, len(objects), limit):
             body = "\n".join(urllib.parse.quote(f"/{self.container}/{o}")
                              for o in objects[i:i + limit]).encode()
