@@ -193,6 +193,7 @@ class _Reply:
     body: Any
     request_id: str | None
     activation_id: str | None
+    location: str | None = None
 
 
 class OpenWhiskClient:
@@ -307,37 +308,16 @@ class OpenWhiskClient:
             if invoke and self._rate is not None:
                 await self._rate.acquire()
             self.stats.requests += 1
-            try:
-                async with session.request(method, URL(url, encoded=True), data=data,
-                                           headers=headers, timeout=timeout) as response:
-                    raw = await response.read()
-                    status = response.status
-                    request_id = response.headers.get("X-Request-ID")
-                    activation_id = response.headers.get("x-openwhisk-activation-id")
-            except aiohttp.ClientConnectorError as exc:
-                raise self._connection_error(exc, method, path) from None
-            except aiohttp.ConnectionTimeoutError:
-                raise WhiskConnectionError(
-                    f"Connecting to OpenWhisk at {self.config.apihost} timed out: check the API "
-                    "host and the network path to it", method=method, path=path) from None
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
-                    aiohttp.ClientPayloadError) as exc:
-                # A pooled keep-alive connection the server had closed: try again on a fresh one.
-                if self._may_retry(attempt, started, backoff):
+            answer, failure, transient = await self._exchange(
+                session, method, URL(url, encoded=True), path, data, headers, timeout)
+            if failure is not None:
+                if transient and self._may_retry(attempt, started, backoff):
+                    # A pooled keep-alive connection the server had closed: retry on a fresh one.
                     await asyncio.sleep(random.uniform(backoff / 2, backoff))
                     backoff = min(backoff * 2, _MAX_BACKOFF)
                     continue
-                raise WhiskConnectionError(
-                    f"The connection to OpenWhisk at {self.config.apihost} broke: "
-                    f"{type(exc).__name__}", method=method, path=path) from None
-            except asyncio.TimeoutError:
-                raise WhiskTimeout(
-                    f"OpenWhisk at {self.config.apihost} sent no answer within {read_timeout:.0f} s",
-                    method=method, path=path) from None
-            except aiohttp.ClientError as exc:
-                raise WhiskConnectionError(
-                    f"Request to OpenWhisk at {self.config.apihost} failed: {type(exc).__name__}",
-                    method=method, path=path) from None
+                raise failure  # raised outside any handler: no chained aiohttp exception
+            status, raw, request_id, activation_id, location = answer
             body_value = self._decode(raw)
             if status in _RETRY_STATUSES:
                 if status == 429:
@@ -353,7 +333,47 @@ class OpenWhiskClient:
             if request_id is None and isinstance(body_value, Mapping):
                 code = body_value.get("code")
                 request_id = str(code) if code is not None else None
-            return _Reply(status, body_value, request_id, activation_id)
+            return _Reply(status, body_value, request_id, activation_id, location)
+
+    async def _exchange(self, session: aiohttp.ClientSession, method: str, url: URL, path: str,
+                        data: bytes | None, headers: dict[str, str] | None,
+                        timeout: aiohttp.ClientTimeout) -> tuple[Any, WhiskError | None, bool]:
+        """One HTTP exchange: (answer, None, False), or (None, error, whether a retry may help).
+
+        aiohttp's exceptions are translated, never chained: their request info holds headers.
+        """
+        try:
+            async with session.request(method, url, data=data, headers=headers, timeout=timeout,
+                                       allow_redirects=False) as response:
+                raw = await response.read()
+                answer = (response.status, raw, response.headers.get("X-Request-ID"),
+                          response.headers.get("x-openwhisk-activation-id"),
+                          response.headers.get("Location"))
+            return answer, None, False
+        except aiohttp.ClientConnectorError as exc:
+            failure, transient = self._connection_error(exc, method, path), False
+        except aiohttp.ConnectionTimeoutError:
+            failure = WhiskConnectionError(
+                f"Connecting to OpenWhisk at {self.config.apihost} timed out: check the API "
+                "host and the network path to it", method=method, path=path)
+            transient = False
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
+                aiohttp.ClientPayloadError) as exc:
+            failure = WhiskConnectionError(
+                f"The connection to OpenWhisk at {self.config.apihost} broke: "
+                f"{type(exc).__name__}", method=method, path=path)
+            transient = True
+        except asyncio.TimeoutError:
+            failure = WhiskTimeout(
+                f"OpenWhisk at {self.config.apihost} sent no answer within "
+                f"{timeout.sock_read:.0f} s", method=method, path=path)
+            transient = False
+        except aiohttp.ClientError as exc:
+            failure = WhiskConnectionError(
+                f"Request to OpenWhisk at {self.config.apihost} failed: {type(exc).__name__}",
+                method=method, path=path)
+            transient = False
+        return None, failure, transient
 
     def _may_retry(self, attempt: int, started: float, backoff: float) -> bool:
         elapsed = asyncio.get_running_loop().time() - started
@@ -384,6 +404,11 @@ class OpenWhiskClient:
 
     def _raise_for(self, reply: _Reply, method: str, path: str) -> None:
         """Raise the typed WhiskError for a non-2xx reply."""
+        if 300 <= reply.status < 400:
+            raise WhiskError(
+                f"OpenWhisk at {self.config.apihost} redirected to {reply.location or '(nowhere)'}: "
+                "set the API host to where it redirects", status=reply.status,
+                request_id=reply.request_id, method=method, path=path)
         if reply.status < 400:
             return
         cls = _BY_STATUS.get(reply.status, WhiskServerError if reply.status >= 500 else WhiskError)

@@ -262,6 +262,7 @@ def test_connection_refused_names_the_host():
     assert error.status is None
     assert f"http://127.0.0.1:{port}" in str(error) and "whisk.apihost" in str(error)
     assert ServerSettings().auth.split(":")[1] not in str(error)
+    assert error.__context__ is None and error.__cause__ is None  # aiohttp's request info stays out
 
 
 def test_pacing_follows_namespace_limits(server, narrow_server):
