@@ -14,7 +14,6 @@ The package's dask config defaults live under ``whisk:`` (see :data:`DEFAULTS`),
 from __future__ import annotations
 
 import os
-import re
 import resource
 import uuid
 from collections.abc import Callable, Mapping
