@@ -1,5 +1,6 @@
 """whisk_get against Dask's own sync scheduler, end to end through the local OpenWhisk-compatible
-server, once with the local store and once with a real Swift; no job object may outlive its job."""
+server: on the embedded default with the local store and with a real Swift, and on a configured
+OpenWhisk where whisk_get deploys the full action zip itself. No job object may outlive its job."""
 import logging
 import threading
 
@@ -13,12 +14,31 @@ from dask.diagnostics import Callback, ProgressBar
 from dask_whisk import backend, whisk_get
 from dask_whisk.plan import LocalDiskGraphError
 from dask_whisk.protocol import SerializationError
+from dask_whisk.server import ServerSettings, start_server_process
 from dask_whisk.store import JOB_PREFIX
 
+from _server_fixtures import ROOMY
 
-@pytest.fixture(params=["local", "swift"])
-def store(request, local_store_root):
-    """Run the test on one store, then check the job left nothing behind in it."""
+
+@pytest.fixture(scope="session")
+def configured_whisk():
+    """A separate local server standing in for a configured OpenWhisk (no worker action on it)."""
+    handle = start_server_process(ServerSettings(port=0, **ROOMY))
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(params=["local", "swift", "deployed"])
+def store(request, local_store_root, monkeypatch):
+    """Run the test on one target, then check the job left nothing behind in its store.
+
+    ``deployed``: OpenWhisk configured through WHISK_APIHOST/WHISK_AUTH, so whisk_get deploys the
+    same full zip (virtualenv of Linux wheels) that ``dask-whisk deploy`` builds for a real one.
+    """
+    if request.param == "deployed":
+        server = request.getfixturevalue("configured_whisk")
+        monkeypatch.setenv("WHISK_APIHOST", server.url)
+        monkeypatch.setenv("WHISK_AUTH", server.auth)
     if request.param == "swift":
         env = request.getfixturevalue("swift_env")
         settings = {"whisk.store": "swift", "whisk.swift.auth-url": env.auth_url,
@@ -35,7 +55,7 @@ def store(request, local_store_root):
         assert not leftovers, f"objects left in Swift: {leftovers[:5]}"
     else:
         with dask.config.set({"whisk.store": "local"}):
-            yield "local"
+            yield request.param
         assert not [p for p in local_store_root.iterdir()], "job directories left in the local store"
 
 
@@ -209,20 +229,40 @@ def test_callbacks_and_named_scheduler(store, capsys):
         assert x.compute() == 10
 
 
-def test_embedded_default_is_announced_once(tmp_path):
-    """A fresh process with no configuration starts the embedded server and says so once."""
+SCRIPT = (
+    "import logging, dask, dask.array as da\n"
+    "logging.basicConfig(level=logging.INFO)\n"
+    "from dask_whisk import whisk_get\n"
+    "print(da.arange(10, chunks=5).sum().compute(scheduler=whisk_get))\n"
+    "print(dask.delayed(sum)([1, 2]).compute(scheduler=whisk_get))\n"
+)
+
+
+def run_script(tmp_path, **env):
+    """Run SCRIPT in a fresh process with a clean HOME and ``env``; return its stderr."""
+    import os
     import subprocess
     import sys
 
-    script = (
-        "import logging, dask, dask.array as da\n"
-        "logging.basicConfig(level=logging.INFO)\n"
-        "from dask_whisk import whisk_get\n"
-        "print(da.arange(10, chunks=5).sum().compute(scheduler=whisk_get))\n"
-        "print(dask.delayed(sum)([1, 2]).compute(scheduler=whisk_get))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                         env={**__import__("os").environ, "HOME": str(tmp_path)})
+    from pathlib import Path
+
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")  # keep the wheel cache
+    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HOME": str(tmp_path), "XDG_CACHE_HOME": cache, **env})
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["45", "3"]
-    assert out.stderr.count("embedded local OpenWhisk-compatible server") == 1, out.stderr
+    return out.stderr
+
+
+def test_embedded_default_is_announced_once(tmp_path):
+    """No configuration: the embedded server starts, and the log says so once."""
+    stderr = run_script(tmp_path)
+    assert stderr.count("embedded local OpenWhisk-compatible server") == 1, stderr
+
+
+def test_configured_openwhisk_gets_the_action_deployed_once(tmp_path):
+    """WHISK_APIHOST/WHISK_AUTH set: that OpenWhisk is used, and the missing action deployed once."""
+    with start_server_process(ServerSettings(port=0, **ROOMY)) as server:
+        stderr = run_script(tmp_path, WHISK_APIHOST=server.url, WHISK_AUTH=server.auth)
+    assert "embedded" not in stderr
+    assert stderr.count("deployed the worker action dask-whisk-worker to " + server.url) == 1, stderr
