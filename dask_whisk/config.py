@@ -13,6 +13,7 @@ The package's dask config defaults live under ``whisk:`` (see :data:`DEFAULTS`),
 """
 from __future__ import annotations
 
+import argparse
 import os
 import resource
 import uuid
@@ -314,3 +315,17 @@ __all__ = [
     "DEFAULTS", "WhiskConfig", "WhiskConfigError", "ClientSettings", "find_whisk_config",
     "load_whisk_config", "normalize_apihost", "read_wskprops", "setting",
 ]
+
+
+def add_whisk_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``--apihost/--auth/--namespace/--insecure`` options every OpenWhisk command takes."""
+    parser.add_argument("--apihost", help="OpenWhisk API host (default: from the configuration)")
+    parser.add_argument("--auth", help="API key uuid:key (default: from the configuration)")
+    parser.add_argument("--namespace", help="namespace (default: the key's own, _)")
+    parser.add_argument("--insecure", action="store_true", default=None,
+                        help="skip TLS certificate verification")
+
+
+def whisk_config_from_args(args: argparse.Namespace) -> WhiskConfig:
+    """The configuration a command's options (over the usual sources) name; raises WhiskConfigError."""
+    return load_whisk_config(args.apihost, args.auth, args.namespace, insecure=args.insecure)

@@ -30,6 +30,8 @@ from typing import Any
 
 import dask_whisk
 
+from .config import add_whisk_arguments, whisk_config_from_args
+
 logger = logging.getLogger(__name__)
 
 #: OpenWhisk refuses action code over 48 MB, base64 length counted (413)
@@ -585,16 +587,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print the worker's pinned requirements (for docker build --build-arg)")
     parser.add_argument("--cache-dir", metavar="DIR", default=None,
                         help=f"where downloaded wheels are kept (default {default_cache_dir()})")
-    parser.add_argument("--apihost", help="OpenWhisk API host (default: from the configuration)")
-    parser.add_argument("--auth", help="API key uuid:key (default: from the configuration)")
-    parser.add_argument("--namespace", help="namespace (default: the key's own, _)")
-    parser.add_argument("--insecure", action="store_true", default=None,
-                        help="skip TLS certificate verification")
+    add_whisk_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Build the worker action and, unless ``--zip-only``, create or update it."""
-    from .config import WhiskConfigError, load_whisk_config, setting
+    from .config import WhiskConfigError, setting
     from .openwhisk import OpenWhiskClient, WhiskError
 
     python = args.python or host_python()
@@ -611,7 +609,7 @@ def run(args: argparse.Namespace) -> int:
                   f"({100 * encoded_size(code) / MAX_CODE_BYTES:.0f}% of OpenWhisk's "
                   f"{MAX_CODE_BYTES // 2**20} MB code limit)")
             return 0
-        config = load_whisk_config(args.apihost, args.auth, args.namespace, insecure=args.insecure)
+        config = whisk_config_from_args(args)
         name = args.name or setting("action")
 
         async def deploy() -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import dask_whisk
 
+from .config import add_whisk_arguments, whisk_config_from_args
 from .deploy import DEFAULT_ACTION, DeployError, check_worker_action, deploy_command, host_python
 
 #: OpenWhisk's stock per-namespace limits, which throttle any sizeable job
@@ -249,19 +250,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--units", type=int, default=1000,
                         help="job size (work units) to judge the namespace limits against")
     parser.add_argument("--warm", type=int, default=3, help="warm pings to time (default 3)")
-    parser.add_argument("--apihost", help="OpenWhisk API host (default: from the configuration)")
-    parser.add_argument("--auth", help="API key uuid:key (default: from the configuration)")
-    parser.add_argument("--namespace", help="namespace (default: the key's own, _)")
-    parser.add_argument("--insecure", action="store_true", default=None,
-                        help="skip TLS certificate verification")
+    add_whisk_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the report; exit 1 when any check failed or could not run."""
-    from .config import WhiskConfigError, load_whisk_config, setting
+    from .config import WhiskConfigError, setting
 
     try:
-        config = load_whisk_config(args.apihost, args.auth, args.namespace, insecure=args.insecure)
+        config = whisk_config_from_args(args)
     except WhiskConfigError as exc:
         print(f"  FAIL  configuration: {exc}")
         return 1

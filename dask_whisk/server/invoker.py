@@ -51,6 +51,15 @@ def timeout_message(timeout_ms: int, init: bool) -> str:
             + (" during initialization." if init else "."))
 
 
+def _gone(gone: "ContainerGone", timeout_ms: int, init: bool) -> tuple[int, dict, bool]:
+    """(status, result, timed out) of a container that died during /init or /run."""
+    if gone.reason == "timeout":
+        return DEVELOPER_ERROR, {"error": timeout_message(timeout_ms, init=init)}, True
+    if gone.reason == "oom":
+        return DEVELOPER_ERROR, {"error": MEMORY_EXHAUSTED}, False
+    return DEVELOPER_ERROR, {"error": ABNORMAL_INIT if init else ABNORMAL_RUN}, False
+
+
 class Throttles:
     """Per-namespace invocation rate (wall-clock minute buckets) and concurrency limits."""
 
@@ -327,11 +336,7 @@ class Invoker:
         try:
             status, reply = await container.post("/init", body, timeout_ms / 1000.0)
         except ContainerGone as gone:
-            if gone.reason == "timeout":
-                return DEVELOPER_ERROR, {"error": timeout_message(timeout_ms, init=True)}, True
-            if gone.reason == "oom":
-                return DEVELOPER_ERROR, {"error": MEMORY_EXHAUSTED}, False
-            return DEVELOPER_ERROR, {"error": ABNORMAL_INIT}, False
+            return _gone(gone, timeout_ms, init=True)
         if status != 200:
             container.kill("init failed")
             error = _error_of(reply) or f"The action failed during initialization: {reply[:1024].decode('utf-8', 'replace')}"
@@ -361,11 +366,7 @@ class Invoker:
         try:
             status, reply = await container.post("/run", body, timeout_ms / 1000.0)
         except ContainerGone as gone:
-            if gone.reason == "timeout":
-                return DEVELOPER_ERROR, {"error": timeout_message(timeout_ms, init=False)}, True
-            if gone.reason == "oom":
-                return DEVELOPER_ERROR, {"error": MEMORY_EXHAUSTED}, False
-            return DEVELOPER_ERROR, {"error": ABNORMAL_RUN}, False
+            return _gone(gone, timeout_ms, init=False)
         if activation.fault == "application error":
             return APPLICATION_ERROR, {"error": "injected fault: application error"}, False
         if activation.fault == "action developer error":
