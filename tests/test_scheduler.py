@@ -13,7 +13,7 @@ from dask.diagnostics import Callback, ProgressBar
 
 from dask_whisk import backend, whisk_get
 from dask_whisk.plan import LocalDiskGraphError
-from dask_whisk.protocol import SerializationError
+from dask_whisk.protocol import SerializationError, TamperedObject
 from dask_whisk.server import ServerSettings, start_server_process
 from dask_whisk.store import JOB_PREFIX
 
@@ -266,3 +266,34 @@ def test_configured_openwhisk_gets_the_action_deployed_once(tmp_path):
         stderr = run_script(tmp_path, WHISK_APIHOST=server.url, WHISK_AUTH=server.auth)
     assert "embedded" not in stderr
     assert stderr.count("deployed the worker action dask-whisk-worker to " + server.url) == 1, stderr
+
+
+def test_a_tampered_stored_object_is_refused_not_unpickled(swift_env, local_store_root):
+    """An intermediate altered in Swift between its producer and its consumer fails the job."""
+    import swiftclient
+
+    from dask_whisk.protocol import object_name
+
+    conn = swiftclient.Connection(swift_env.auth_url, swift_env.user, swift_env.key)
+    big = dask.delayed(lambda: np.arange(100_000))()  # 800 KB: stored, not inlined
+    total = dask.delayed(np.sum)(big)
+
+    def tamper(key, result, dsk, state, worker_id):
+        if key != big.key:
+            return
+        _, containers = conn.get_account(prefix=JOB_PREFIX)
+        for container in containers:
+            for obj in conn.get_container(container["name"])[1]:
+                if obj["name"].endswith(object_name(big.key)):
+                    _, data = conn.get_object(container["name"], obj["name"])
+                    altered = data[:-8] + b"\x00" * 8
+                    conn.put_object(container["name"], obj["name"], altered)
+                    seen.append(obj["name"])
+
+    seen = []
+    settings = {"whisk.store": "swift", "whisk.swift.auth-url": swift_env.auth_url,
+                "whisk.swift.user": swift_env.user, "whisk.swift.key": swift_env.key}
+    with dask.config.set(settings), Callback(posttask=tamper):
+        with pytest.raises(TamperedObject, match="integrity check"):
+            total.compute(scheduler=whisk_get)
+    assert seen, "the intermediate was not found in Swift"

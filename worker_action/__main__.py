@@ -102,7 +102,10 @@ def main(args: dict[str, Any]) -> dict[str, Any]:
     store = open_worker_store(inv.store)
     spec_frame, *input_frames = _fetch([inv.spec, *inv.inputs], store)
     spec: protocol.UnitSpec = protocol.decode(spec_frame, inv.mac_key)
-    inputs = {key: protocol.decode(frame, inv.mac_key) for key, frame in zip(spec.inputs, input_frames)}
+    try:
+        inputs = {key: protocol.decode(frame, inv.mac_key) for key, frame in zip(spec.inputs, input_frames)}
+    except protocol.TamperedObject as exc:  # the client gets this exception type back
+        return protocol.error_envelope(exc, next(iter(spec.tasks)), inv.mac_key)
     bytes_in = sum(memoryview(f).nbytes for f in input_frames)
     fetched = time.perf_counter()
     try:
