@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Hashable, Iterable
 from typing import Any
 
@@ -149,20 +150,25 @@ class Job:
 
     # --- values and cleanup -----------------------------------------------------------------
 
-    def release(self, keys: Iterable[Key]) -> None:
-        """Forget values no unit will read again, deleting the stored ones."""
-        names = [self.refs.pop(k)["stored"] for k in keys if "stored" in self.refs.get(k, {})]
+    async def release(self, keys: Iterable[Key]) -> None:
+        """Forget values no unit will read again, deleting the stored ones (off the dispatch path)."""
+        refs = [self.refs.pop(key) for key in keys if key in self.refs]
+        names = [ref["stored"] for ref in refs if "stored" in ref]
         if names:
-            self.store.delete(names)
+            await asyncio.get_running_loop().run_in_executor(None, self.store.delete, names)
 
-    def value(self, key: Key) -> Any:
-        """Decode the value of ``key`` (fetching it from the store if it is stored there)."""
-        source = self.plan.source(key)
-        if source in self.plan.data:
-            return self.plan.data[source]
-        ref = self.refs[source]
-        frame = protocol.unb64(ref["inline"]) if "inline" in ref else self.store.get(ref["stored"])
-        return protocol.decode(frame, self.mac_key)
+    def values(self, keys: Iterable[Key]) -> dict[Key, Any]:
+        """Decode the values of ``keys``; stored ones are fetched concurrently."""
+        def frame(source: Key) -> Any:
+            ref = self.refs[source]
+            return protocol.unb64(ref["inline"]) if "inline" in ref else self.store.get(ref["stored"])
+
+        sources = {key: self.plan.source(key) for key in keys}
+        remote = sorted({s for s in sources.values() if s not in self.plan.data}, key=repr)
+        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="dask-whisk-gather") as pool:
+            frames = dict(zip(remote, pool.map(frame, remote)))
+        decoded = {source: protocol.decode(data, self.mac_key) for source, data in frames.items()}
+        return {key: self.plan.data[s] if s in self.plan.data else decoded[s] for key, s in sources.items()}
 
     def close(self) -> None:
         """Delete everything the job stored; called on success and on failure."""

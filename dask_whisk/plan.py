@@ -8,7 +8,7 @@ that fusing and batching change only :func:`group_units`.
 from __future__ import annotations
 
 import functools
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 
 from dask._task_spec import Alias, DataNode, GraphNode, convert_legacy_graph, cull
@@ -96,9 +96,14 @@ def group_units(tasks: Mapping[Key, GraphNode], priority: Mapping[Key, int]) -> 
     return [[key] for key in sorted(tasks, key=priority.__getitem__)]
 
 
-def build_plan(graph: Mapping, keys: Iterable[Key]) -> Plan:
-    """Plan the computation of ``keys`` (a flat iterable) from ``graph``."""
-    wanted = list(flatten(keys)) if not isinstance(keys, (str, tuple)) else [keys]
+def flat_keys(keys: Key | list) -> list[Key]:
+    """The keys in a scheduler's ``keys`` argument: one key, or (nested) lists of keys."""
+    return list(flatten(keys)) if isinstance(keys, list) else [keys]
+
+
+def build_plan(graph: Mapping, keys: Key | list) -> Plan:
+    """Plan the computation of ``keys`` (one key or nested lists, as Dask passes) from ``graph``."""
+    wanted = flat_keys(keys)
     dsk = cull(as_task_graph(graph), wanted)
     check_runs_remotely(dsk)
     priority = order(dsk) if dsk else {}

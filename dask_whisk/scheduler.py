@@ -19,7 +19,7 @@ from dask.local import nested_get
 
 from .backend import get_backend
 from .job import Job
-from .plan import Plan, as_task_graph, build_plan
+from .plan import Plan, as_task_graph, build_plan, flat_keys
 
 Key = Hashable
 
@@ -89,10 +89,10 @@ def get(dsk: Mapping | Any, keys: Sequence[Key] | Key, callbacks=None, **kwargs:
             for f in start_state:
                 f(graph, state)
             job.prepare()
-            wanted = _flat(keys)
+            wanted = flat_keys(keys)
             cap = dask.config.get("whisk.max-in-flight")
             _run(job, graph, wanted, state, pretask, posttask, min(backend.max_in_flight, cap or backend.max_in_flight))
-            results = {key: job.value(key) for key in wanted}
+            results = job.values(wanted)
             failed = False
         finally:
             try:
@@ -101,12 +101,6 @@ def get(dsk: Mapping | Any, keys: Sequence[Key] | Key, callbacks=None, **kwargs:
             finally:
                 job.close()
     return nested_get(keys, results)
-
-
-def _flat(keys: Any) -> list[Key]:
-    if isinstance(keys, list):
-        return [k for sub in keys for k in _flat(sub)]
-    return [keys]
 
 
 def _run(job: Job, graph: Mapping, wanted: list[Key], state: dict[str, Any], pretask, posttask,
@@ -150,7 +144,8 @@ def _run(job: Job, graph: Mapping, wanted: list[Key], state: dict[str, Any], pre
                 readers[key].discard(name)
                 if not readers[key] and key not in keep:
                     released.append(key)
-            job.release(released)
+            if released:
+                job.backend.io.submit(job.release(released))
     finally:
         for future in running.values():
             future.cancel()

@@ -1,7 +1,6 @@
 """whisk_get against Dask's own sync scheduler, end to end through the local OpenWhisk-compatible
 server: on the embedded default with the local store and with a real Swift, and on a configured
 OpenWhisk where whisk_get deploys the full action zip itself. No job object may outlive its job."""
-import logging
 import threading
 
 import dask
