@@ -45,7 +45,8 @@ def _callback_state(plan: Plan) -> dict[str, Any]:
         "dependents": dependents,
         "waiting": {k: set(v) for k, v in dependencies.items() if v},
         "waiting_data": {k: set(v) for k, v in dependents.items() if v},
-        "ready": [k for k, v in dependencies.items() if not v],
+        # an insertion-ordered set (Dask's own schedulers keep a list; callbacks only size and scan it)
+        "ready": dict.fromkeys(k for k, v in dependencies.items() if not v),
         "running": set(),
         "finished": set(),
         "released": set(),
@@ -58,10 +59,9 @@ def _mark(state: dict[str, Any], keys: Sequence[Key], where: str) -> None:
     for key in keys:
         if where == "ready":
             state["waiting"].pop(key, None)
-            state["ready"].append(key)
+            state["ready"][key] = None
         elif where == "running":
-            if key in state["ready"]:
-                state["ready"].remove(key)
+            state["ready"].pop(key, None)
             state["running"].add(key)
         else:
             state["running"].discard(key)
