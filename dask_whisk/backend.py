@@ -72,7 +72,11 @@ class Backend:
         from .openwhisk import OpenWhiskClient
 
         self.client = OpenWhiskClient(self.whisk)
-        await ensure_worker_action(self.client, self.action, local=self.embedded)
+        await ensure_worker_action(
+            self.client, self.action, local=self.embedded,
+            memory_mb=dask.config.get("whisk.action-memory", None),
+            timeout_ms=dask.config.get("whisk.action-timeout", None),
+        )
         self.max_in_flight = await self.client.configure_pacing() or UNBOUNDED_IN_FLIGHT
 
     def close(self) -> None:

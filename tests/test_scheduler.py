@@ -11,6 +11,7 @@ import pytest
 from dask.diagnostics import Callback, ProgressBar
 
 from dask_whisk import backend, whisk_get
+from dask_whisk.job import ActivationError
 from dask_whisk.plan import LocalDiskGraphError
 from dask_whisk.protocol import SerializationError, TamperedObject
 from dask_whisk.server import ServerSettings, start_server_process
@@ -296,3 +297,36 @@ def test_a_tampered_stored_object_is_refused_not_unpickled(swift_env, local_stor
         with pytest.raises(TamperedObject, match="integrity check"):
             total.compute(scheduler=whisk_get)
     assert seen, "the intermediate was not found in Swift"
+
+
+@pytest.fixture(scope="module")
+def tight_server():
+    """A configured OpenWhisk with no worker action yet."""
+    with start_server_process(ServerSettings(port=0, **ROOMY)) as server:
+        yield server
+
+
+@pytest.fixture
+def tight_whisk(tight_server):
+    """That OpenWhisk in use, with whisk_get deploying its worker action at 2 s and 256 MB."""
+    with dask.config.set({"whisk.action-timeout": 2000, "whisk.action-memory": 256,
+                          "whisk.apihost": tight_server.url, "whisk.auth": tight_server.auth}):
+        yield tight_server
+
+
+def test_an_activation_over_its_time_limit_fails_with_the_fix(tight_whisk, local_store_root):
+    import time
+
+    slow = dask.delayed(time.sleep)(4)
+    with pytest.raises(ActivationError, match="exceeded its time limits of 2000 milliseconds") as info:
+        slow.compute(scheduler=whisk_get)
+    assert "dask-whisk deploy --memory MB --timeout MS" in str(info.value)
+    assert not list(local_store_root.iterdir())
+
+
+def test_an_activation_over_its_memory_fails_with_the_fix(tight_whisk, local_store_root):
+    hog = dask.delayed(lambda: np.ones(400_000_000 // 8).sum())()  # 400 MB in a 256 MB action
+    with pytest.raises(ActivationError, match="exhausted its memory") as info:
+        hog.compute(scheduler=whisk_get)
+    assert "--memory" in str(info.value)
+    assert not list(local_store_root.iterdir())
