@@ -211,9 +211,17 @@ class UnitResult:
         return cls(outputs=result["outputs"], stats=result.get("stats", {}))
 
 
-def error_envelope(exc: BaseException, key: Hashable, mac_key: bytes) -> dict[str, Any]:
-    """The ``{"error": ...}`` result for an exception raised by user code in task ``key``."""
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+def error_envelope(exc: BaseException, key: Hashable, mac_key: bytes,
+                   skip_files: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The ``{"error": ...}`` result for an exception raised by user code in task ``key``.
+
+    Leading traceback frames from ``skip_files`` (the worker's own machinery) are left out, so
+    the remote traceback starts at the user's code.
+    """
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename in skip_files:
+        tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
     try:
         frame = join(encode(exc, mac_key))
         pickled: str | None = b64(frame) if len(frame) <= INLINE_VALUE_BYTES else None

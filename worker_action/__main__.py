@@ -19,6 +19,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from dask import _task_spec
+
 import dask_whisk
 from dask_whisk import protocol
 from dask_whisk.store import WorkerStore, open_worker_store
@@ -26,6 +28,8 @@ from dask_whisk.store import WorkerStore, open_worker_store
 #: activations served by this container process so far (0 during the first: a cold start)
 _served = 0
 _io_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dask-whisk-io")
+#: files whose frames start every task's traceback: left out of the traceback users see
+_MACHINERY = (__file__, _task_spec.__file__)
 
 
 class _TaskFailed(Exception):
@@ -111,7 +115,7 @@ def main(args: dict[str, Any]) -> dict[str, Any]:
     try:
         values = _execute(spec, inputs)
     except _TaskFailed as failed:
-        return protocol.error_envelope(failed.exc, failed.key, inv.mac_key)
+        return protocol.error_envelope(failed.exc, failed.key, inv.mac_key, skip_files=_MACHINERY)
     del inputs, input_frames
     computed = time.perf_counter()
     refs, bytes_out = _place(values, inv.outputs, inv, store)
