@@ -165,6 +165,7 @@ def test_user_error_keeps_type_and_remote_traceback(store):
         x.compute(scheduler=whisk_get)
     notes = "\n".join(getattr(info.value, "__notes__", []))
     assert "Remote traceback" in notes and "in fail" in notes
+    assert "_execute" not in notes and "_task_spec" not in notes, "worker frames shown to the user"
 
 
 def activations_count() -> int:
