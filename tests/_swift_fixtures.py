@@ -6,6 +6,7 @@ starts swift-saio in a temporary directory and stops it when the session ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
@@ -19,7 +20,11 @@ from aiohttp import web
 
 from dask_whisk.store import saio
 
-__all__ = ["SwiftEnv", "FaultyProxy", "swift_env", "faulty_proxy"]
+__all__ = ["SwiftEnv", "FaultyProxy", "swift_env", "faulty_proxy", "short_token_swift",
+           "SHORT_TOKEN_LIFE"]
+
+#: seconds a token of ``short_token_swift`` stays valid
+SHORT_TOKEN_LIFE = 3
 
 
 @dataclass(frozen=True)
@@ -41,14 +46,27 @@ def swift_env() -> Iterator[SwiftEnv]:
     if os.environ.get("ST_AUTH") and os.environ.get("ST_USER") and os.environ.get("ST_KEY"):
         yield SwiftEnv(os.environ["ST_AUTH"], os.environ["ST_USER"], os.environ["ST_KEY"])
         return
+    with _saio() as env:
+        yield env
+
+
+@contextlib.contextmanager
+def _saio(**options) -> Iterator[SwiftEnv]:
     shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None  # tmpfs: no fsync, faster
     directory = tempfile.mkdtemp(prefix="dask-whisk-test-saio-", dir=shm)
     try:
-        info = saio.start(directory, port=saio.free_port())
+        info = saio.start(directory, port=saio.free_port(), **options)
         yield SwiftEnv(info.auth_url, info.user, info.key)
     finally:
         saio.stop(directory)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def short_token_swift() -> Iterator[SwiftEnv]:
+    """A swift-saio of its own whose tokens expire after SHORT_TOKEN_LIFE seconds."""
+    with _saio(token_life=SHORT_TOKEN_LIFE) as env:
+        yield env
 
 
 class FaultyProxy:

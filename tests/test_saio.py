@@ -102,3 +102,10 @@ def test_default_dir_prefers_tmpfs():
     assert directory.name == f"dask-whisk-saio-{os.getuid()}"
     if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK):
         assert directory.parent == Path("/dev/shm")
+
+
+def test_token_life_must_be_positive(tmp_path: Path):
+    with pytest.raises(saio.SaioError, match="at least 1 second"):
+        saio.start(tmp_path / "saio", token_life=0)
+    result = cli("start", "--dir", str(tmp_path / "saio"), "--token-life", "0")
+    assert result.returncode == 1 and "at least 1 second" in result.stderr

@@ -286,6 +286,21 @@ def test_client_retries_injected_503s_and_resets(swift_env, faulty_proxy):
         s.destroy()
 
 
+def test_authentication_retries_transient_failures(swift_env, faulty_proxy):
+    faulty_proxy.fail_next(503, "reset", 502)  # the first auth request, then its retries
+    s = open_job_store("swift", new_job_id(), auth_url=faulty_proxy.url + "/auth/v1.0",
+                       user=swift_env.user, key=swift_env.key, backoff=0.01, retries=3)
+    try:
+        assert not faulty_proxy.failures
+        s.put("a", [b"ok"])
+    finally:
+        s.destroy()
+    faulty_proxy.fail_next(*[503] * 4)
+    with pytest.raises(SwiftConfigError, match="failed to authenticate: 503"):
+        open_job_store("swift", new_job_id(), auth_url=faulty_proxy.url + "/auth/v1.0",
+                       user=swift_env.user, key=swift_env.key, backoff=0.01, retries=3)
+
+
 def test_worker_retries_injected_503s_and_resets(swift_env, faulty_proxy):
     s = open_job_store("swift", new_job_id(), auth_url=faulty_proxy.url + "/auth/v1.0",
                        user=swift_env.user, key=swift_env.key, backoff=0.01, retries=3,
@@ -337,7 +352,7 @@ def test_bad_settings_say_what_to_set(no_swift_env, options, message):
 
 
 def test_wrong_password_is_reported_without_echoing_it(swift_env):
-    with pytest.raises(SwiftConfigError, match="rejected user 'test:tester'") as info:
+    with pytest.raises(SwiftConfigError, match="rejected the credentials of user 'test:tester'") as info:
         open_job_store("swift", new_job_id(), **swift_env.options(key="Wr0ngPassw0rd"))
     assert "Wr0ngPassw0rd" not in str(info.value)
 

@@ -41,6 +41,8 @@ SERVERS = {
     "proxy": ("swift.proxy.server", 8080),
 }
 STATE_FILE = "state.json"
+#: seconds a token is valid (tempauth's own default)
+DEFAULT_TOKEN_LIFE = 86400
 #: servers started by this process, kept so ``stop`` can collect their exit status
 _CHILDREN: dict[int, subprocess.Popen] = {}
 PROXY_PIPELINE = (
@@ -168,7 +170,7 @@ def cache_filter_factory(global_conf: dict, **local_conf: Any):
 # --- configuration ---
 
 def _write_configs(etc: Path, srv: Path, ports: dict[str, int], hash_suffix: str,
-                   fernet_key: str) -> None:
+                   fernet_key: str, token_life: int) -> None:
     user = getpass.getuser()
     (etc / "swift.conf").write_text(
         "[swift-hash]\n"
@@ -194,7 +196,7 @@ def _write_configs(etc: Path, srv: Path, ports: dict[str, int], hash_suffix: str
         "[app:proxy-server]\nuse = egg:swift#proxy\naccount_autocreate = true\n"
         "allow_account_management = true\nerror_suppression_interval = 0\n\n"
         "[filter:tempauth]\nuse = egg:swift#tempauth\n"
-        f"user_test_tester = {KEY} .admin\n"
+        f"user_test_tester = {KEY} .admin\ntoken_life = {token_life}\n"
         f"fernet_key_k1 = {fernet_key}\nactive_fernet_key_id = k1\n\n"
         "[filter:tempurl]\nuse = egg:swift#tempurl\nallowed_digests = sha256 sha512\n\n"
         f"[filter:cache]\npaste.filter_factory = {__name__}:cache_filter_factory\n\n"
@@ -307,8 +309,13 @@ def status(directory: str | os.PathLike | None = None) -> SaioInfo | None:
 
 
 def start(directory: str | os.PathLike | None = None, port: int | None = None,
-          timeout: float = 60.0) -> SaioInfo:
-    """Start Swift in ``directory`` (created if needed) or return the instance already running."""
+          timeout: float = 60.0, token_life: int = DEFAULT_TOKEN_LIFE) -> SaioInfo:
+    """Start Swift in ``directory`` (created if needed) or return the instance already running.
+
+    ``token_life`` is how many seconds a tempauth token stays valid (short ones test renewal).
+    """
+    if token_life < 1:
+        raise SaioError(f"token life must be at least 1 second, got {token_life}")
     directory = Path(directory).absolute() if directory else default_dir()
     running = status(directory)
     if running:
@@ -329,7 +336,7 @@ def start(directory: str | os.PathLike | None = None, port: int | None = None,
     # the hash suffix places objects on disk: it must stay the same for a directory's lifetime
     hash_suffix = previous.get("hash_suffix") or secrets.token_hex(8)
     _write_configs(etc, srv, ports, hash_suffix,
-                   base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
+                   base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(), token_life)
     _build_rings(etc, ports)
     pids: dict[str, int] = {}
     state = {"ports": ports, "pids": pids, "hash_suffix": hash_suffix}
@@ -437,6 +444,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"state directory (default {default_dir()}); keep one for notebooks")
     parser.add_argument("--port", type=int, default=None,
                         help="proxy port (default: the previous one, else 8080, else a free one)")
+    parser.add_argument("--token-life", type=int, default=DEFAULT_TOKEN_LIFE, metavar="SECONDS",
+                        help="how long an auth token stays valid (default %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -444,7 +453,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="swift-saio: %(message)s")
     try:
         if args.action == "start":
-            info = start(args.dir, port=args.port)
+            info = start(args.dir, port=args.port, token_life=args.token_life)
             sys.stdout.write(info.exports())
             return 0
         if args.action == "stop":

@@ -58,6 +58,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "backoff": (),
     "timeout": (),
     "max-job-duration": (),
+    "token-refresh": (),
     "tempurl": (),
 }
 _DEFAULTS: dict[str, Any] = {
@@ -66,6 +67,7 @@ _DEFAULTS: dict[str, Any] = {
     "backoff": 0.5,
     "timeout": 60.0,
     "max-job-duration": 6 * 3600,
+    "token-refresh": 900,
     "tempurl": "auto",
 }
 
@@ -91,6 +93,8 @@ class SwiftSettings:
     backoff: float = _DEFAULTS["backoff"]
     timeout: float = _DEFAULTS["timeout"]
     max_job_duration: float = _DEFAULTS["max-job-duration"]
+    #: seconds after which a job token is replaced before handing it to an activation
+    token_refresh: float = _DEFAULTS["token-refresh"]
     tempurl: str = _DEFAULTS["tempurl"]
 
     def connection(self):
@@ -192,14 +196,15 @@ def _validate(raw: dict[str, Any]) -> SwiftSettings:
         retries = int(raw["retries"])
         backoff, timeout = float(raw["backoff"]), float(raw["timeout"])
         max_job = float(raw["max-job-duration"])
+        token_refresh = float(raw["token-refresh"])
     except (TypeError, ValueError) as exc:
         raise SwiftConfigError(f"Invalid number in whisk.swift settings: {exc}") from None
     if not 0 < segment_size <= MAX_OBJECT_SIZE:
         raise SwiftConfigError(f"whisk.swift.segment-size must be between 1 byte and 5 GiB, "
                                f"got {segment_size}")
-    if retries < 0 or backoff < 0 or timeout <= 0 or max_job <= 0:
-        raise SwiftConfigError("whisk.swift.retries and backoff must be >= 0, timeout and "
-                               "max-job-duration > 0")
+    if retries < 0 or backoff < 0 or timeout <= 0 or max_job <= 0 or token_refresh <= 0:
+        raise SwiftConfigError("whisk.swift.retries and backoff must be >= 0, timeout, "
+                               "max-job-duration and token-refresh > 0")
     if raw["tempurl"] not in TEMPURL_MODES:
         raise SwiftConfigError(f"whisk.swift.tempurl must be one of {TEMPURL_MODES}, "
                                f"got {raw['tempurl']!r}")
@@ -211,7 +216,7 @@ def _validate(raw: dict[str, Any]) -> SwiftSettings:
         auth_url=auth_url, user=raw["user"], key=raw["key"], auth_version=version or "1",
         os_options=os_options, storage_url=storage_url, token=token, container=container,
         segment_size=segment_size, retries=retries, backoff=backoff, timeout=timeout,
-        max_job_duration=max_job, tempurl=raw["tempurl"],
+        max_job_duration=max_job, token_refresh=token_refresh, tempurl=raw["tempurl"],
     )
 
 
@@ -482,6 +487,8 @@ class SwiftJobStore(JobStore):
         self._conns: list[Any] = []
         self._lock = threading.Lock()
         self._segmented: set[str] = set()
+        #: when each job token was first seen (monotonic), to replace old ones in time
+        self._token_born: dict[str, float] = {}
         conn = self._connect_checked()
         self.storage_url = conn.url
         self._capabilities = self._call("GET /info", "", conn.get_capabilities)
@@ -509,13 +516,11 @@ class SwiftJobStore(JobStore):
         conn = self._conn()
         where = _scrub(self.settings.auth_url or self.settings.storage_url or "")
         try:
-            if self.settings.auth_url:
-                conn.url, conn.token = conn.get_auth()
-            conn.head_account()
+            conn.head_account()  # authenticates first; transient failures are retried
         except ClientException as exc:
             status = exc.http_status
             if status in (401, 403):
-                what = (f"user {self.settings.user!r}'s credentials" if self.settings.auth_url
+                what = (f"the credentials of user {self.settings.user!r}" if self.settings.auth_url
                         else "the token in OS_AUTH_TOKEN (whisk.swift.token)")
                 raise SwiftConfigError(f"Swift at {where} rejected {what} (HTTP {status}): check "
                                        "the Swift settings") from None
@@ -539,6 +544,11 @@ class SwiftJobStore(JobStore):
             if exc.http_status == 404 and what.startswith(("GET object", "HEAD object")):
                 raise ObjectMissing(f"Object {name!r} is not in Swift job namespace "
                                     f"{self.job_id}") from None
+            if exc.http_status == 401 and not self.settings.auth_url:
+                raise StoreError(f"Swift refused {what} {name!r}: the token in OS_AUTH_TOKEN "
+                                 "(whisk.swift.token) expired or was revoked, and without "
+                                 "credentials it cannot be renewed; set a fresh token, or "
+                                 "ST_AUTH/OS_AUTH_URL and credentials") from None
             raise StoreError(f"Swift {what} {name!r} failed: HTTP {exc.http_status} "
                              f"{exc.http_reason or ''}".rstrip()) from None
         except (OSError, ConnectionError) as exc:
@@ -592,6 +602,24 @@ class SwiftJobStore(JobStore):
         allowed = self._capabilities.get("tempurl", {}).get("allowed_digests", ["sha1"])
         return next((d for d in ("sha256", "sha512", "sha1") if d in allowed), "sha256")
 
+    def _fresh_token(self) -> str:
+        """A token that works now and is at most ``token-refresh`` seconds old (if renewable).
+
+        A HEAD renews an expired token (swiftclient re-authenticates on 401); an old one is
+        replaced, so an activation is never handed a token about to expire under it.
+        """
+        conn = self._conn()
+        self._call("HEAD account", "", conn.head_account)
+        now = time.monotonic()
+        with self._lock:
+            born = self._token_born.setdefault(conn.token, now)
+        if self.settings.auth_url and now - born > self.settings.token_refresh:
+            conn.url = conn.token = None
+            self._call("HEAD account", "", conn.head_account)
+            with self._lock:
+                self._token_born[conn.token] = time.monotonic()
+        return conn.token
+
     def _expires(self) -> int:
         expires = int(self.started + self.settings.max_job_duration)
         if expires <= time.time():
@@ -620,10 +648,7 @@ class SwiftJobStore(JobStore):
             "timeout": self.settings.timeout,
         }
         if self._tempurl_key is None:
-            conn = self._conn()
-            if conn.token is None:
-                conn.url, conn.token = self._call("auth", "", conn.get_auth)
-            return {**access, "mode": "token", "token": conn.token}
+            return {**access, "mode": "token", "token": self._fresh_token()}
         expires = self._expires()
         get, put = {}, {}
         for grants, method, names in ((get, "GET", read), (put, "PUT", write)):
