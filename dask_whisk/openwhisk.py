@@ -203,6 +203,8 @@ class OpenWhiskClient:
         self.config = config
         self.settings = settings or ClientSettings.from_dask_config()
         self.stats = ClientStats()
+        #: HTTP Basic header of the API key, sent on every request but ``info()``
+        self._authorization = "Basic " + base64.b64encode(config.auth.encode()).decode("ascii")
         self.max_concurrency = 0  # set by configure_pacing (explicitly, or at the first invoke)
         self.invocations_per_minute: int | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -234,10 +236,8 @@ class OpenWhiskClient:
                 keepalive_timeout=30, ttl_dns_cache=300,
                 ssl=False if self.config.insecure else True,
             )
-            token = base64.b64encode(self.config.auth.encode()).decode("ascii")
             self._session = aiohttp.ClientSession(
-                connector=connector,
-                headers={"Accept": "application/json", "Authorization": f"Basic {token}"},
+                connector=connector, headers={"Accept": "application/json"},
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=90),
             )
         return self._session
@@ -290,14 +290,17 @@ class OpenWhiskClient:
 
     async def _request(self, method: str, url: str, path: str, *,
                        query: Mapping[str, Any] | None = None, body: Any = None,
-                       invoke: bool = False, read_timeout: float = 90.0) -> _Reply:
+                       invoke: bool = False, read_timeout: float = 90.0,
+                       authenticated: bool = True) -> _Reply:
         """Send one request, retrying 429/503 and broken keep-alive connections within budget."""
         session = self._open()
         if query:
             url += "?" + urlencode({k: str(v).lower() if isinstance(v, bool) else v
                                     for k, v in query.items() if v is not None})
         data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
-        headers = {"Content-Type": "application/json"} if data is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        if authenticated:
+            headers["Authorization"] = self._authorization
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=read_timeout)
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -573,6 +576,22 @@ class OpenWhiskClient:
     async def limits(self) -> dict[str, Any]:
         """The namespace's limits (``invocationsPerMinute``, ``concurrentInvocations``, ...)."""
         return await self._call("GET", "limits")
+
+    async def info(self) -> dict[str, Any]:
+        """What ``GET {apihost}/`` says of the deployment: its ``runtimes`` and ``limits``.
+
+        Sent without credentials (OpenWhisk serves it to anyone), so it tells whether the API
+        answers at all apart from whether the key is accepted. WhiskError when it is not a
+        JSON object (a gateway that exposes only /api/v1, say).
+        """
+        path = "/"
+        reply = await self._request("GET", self.config.apihost + path, path, authenticated=False)
+        self._raise_for(reply, "GET", path)
+        if not isinstance(reply.body, Mapping):
+            raise WhiskError(f"{self.config.apihost}/ answered something other than OpenWhisk's "
+                             "deployment description (a JSON object)", status=reply.status,
+                             request_id=reply.request_id, method="GET", path=path)
+        return dict(reply.body)
 
 
 __all__ = [

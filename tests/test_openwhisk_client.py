@@ -20,7 +20,7 @@ from dask_whisk.openwhisk import (
     WhiskPayloadTooLarge,
     WhiskThrottled,
 )
-from dask_whisk.server import FaultSettings, ServerSettings, start_server_process
+from dask_whisk.server import GUEST_AUTH, FaultSettings, ServerSettings, start_server_process
 
 KIND = "python:3.11"
 
@@ -217,6 +217,55 @@ def test_wrong_key_is_a_typed_error_without_the_key(server):
     for text in (str(error), repr(error), *map(str, error.args), repr(pickle.loads(pickle.dumps(error)))):
         assert wrong_key not in text and server.auth.split(":")[1] not in text
     assert "whisk.auth" in str(error)  # says what to check
+
+
+def test_info_describes_runtimes_and_limits_without_credentials(server):
+    wrong = WhiskConfig(apihost=server.url, auth=server.auth.split(":")[0] + ":" + "W" * 64)
+
+    async def scenario():
+        async with OpenWhiskClient(wrong) as client:
+            info = await client.info()  # answered although the key is wrong: no auth needed
+            with pytest.raises(WhiskAuthError):
+                await client.limits()
+            return info
+    info = arun(scenario())
+    kinds = {rt["kind"]: rt for family in info["runtimes"].values() for rt in family}
+    assert KIND in kinds and kinds[KIND]["default"] is True
+    assert info["api_paths"] == ["/api/v1"]
+    assert info["limits"]["concurrent_actions"] == 1_000
+    assert info["limits"]["actions_per_minute"] == 1_000_000
+    assert info["limits"]["max_action_memory"] == 512 * 1024 * 1024
+
+
+def test_info_sends_no_authorization_header_and_rejects_non_json():
+    """A plain loopback HTTP server records what the client sends to ``/``."""
+    from aiohttp import web
+
+    seen: list[dict] = []
+
+    async def root(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        return web.Response(text="<html>a gateway page</html>", content_type="text/html")
+
+    async def scenario():
+        app = web.Application()
+        app.router.add_get("/", root)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        config = WhiskConfig(apihost=f"http://127.0.0.1:{port}", auth=GUEST_AUTH)
+        try:
+            async with OpenWhiskClient(config) as client:
+                with pytest.raises(WhiskError) as caught:
+                    await client.info()
+                return caught.value
+        finally:
+            await runner.cleanup()
+    error = arun(scenario())
+    assert len(seen) == 1 and "Authorization" not in seen[0]
+    assert "deployment description" in str(error) and GUEST_AUTH.split(":")[1] not in str(error)
 
 
 def test_not_found_and_bad_request(server):
