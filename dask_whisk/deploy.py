@@ -444,6 +444,42 @@ async def _namespace_limits(client: Any) -> dict[str, Any]:
         return {}  # deployments older than the limits route: OpenWhisk validates at PUT
 
 
+def offered_kinds(info: dict[str, Any]) -> list[str] | None:
+    """The action kinds in a deployment description (``GET /``), or None if it lists none."""
+    runtimes = info.get("runtimes")
+    if not isinstance(runtimes, dict):
+        return None
+    kinds = [rt["kind"] for family in runtimes.values() if isinstance(family, list)
+             for rt in family if isinstance(rt, dict) and isinstance(rt.get("kind"), str)]
+    return sorted(kinds) or None
+
+
+async def deployment_info(client: Any) -> dict[str, Any] | None:
+    """The deployment's description (``GET /``); None when it gives none (no connection: raises).
+
+    A gateway may expose only ``/api/v1``: then OpenWhisk's own checks at PUT decide.
+    """
+    from .openwhisk import WhiskConnectionError, WhiskError, WhiskTimeout
+
+    try:
+        return await client.info()
+    except (WhiskConnectionError, WhiskTimeout):
+        raise
+    except WhiskError as exc:
+        logger.debug("the deployment does not describe itself at GET / (%s)", exc)
+        return None
+
+
+def blackbox_advice(python: str) -> str:
+    """What to do when the deployment has no ``python:<python>`` kind: a blackbox image."""
+    return (f"cloudpickle needs the worker to run the client's Python {python}: build a blackbox "
+            f"image with `docker build -f worker_action/Dockerfile --build-arg PYTHON={python} "
+            f"--build-arg REQUIREMENTS=\"$(dask-whisk deploy --print-requirements --python {python})\" "
+            f"-t ORG/dask-whisk-worker:TAG worker_action`, push it, then run `dask-whisk deploy "
+            f"--image ORG/dask-whisk-worker:TAG --python {python}` (or use a client with a Python "
+            f"the deployment offers)")
+
+
 async def deploy_worker_action(client: Any, name: str = DEFAULT_ACTION, *, local: bool = False,
                                python: str | None = None, image: str | None = None,
                                memory_mb: int | None = None, timeout_ms: int | None = None,
@@ -466,6 +502,15 @@ async def deploy_worker_action(client: Any, name: str = DEFAULT_ACTION, *, local
                          limits.get("minActionTimeout"), limits.get("maxActionTimeout"),
                          "--timeout", log)
     kind = "blackbox" if image else runtime_kind(python)
+    if image is None:  # say so before spending a minute building a zip nobody can run
+        info = await deployment_info(client)
+        kinds = offered_kinds(info) if info is not None else None
+        if kinds is not None and kind not in kinds:
+            python_kinds = [k for k in kinds if k.startswith("python:")] or ["none"]
+            raise DeployError(
+                f"{client.config.apihost} does not offer the runtime kind {kind!r} (its Python "
+                f"kinds: {', '.join(python_kinds)}). {blackbox_advice(python)}."
+            )
     with_dependencies = not local and image is None
     code = await asyncio.to_thread(build_action_zip, with_dependencies=with_dependencies,
                                    python=python, cache_dir=cache_dir)
@@ -484,10 +529,7 @@ async def deploy_worker_action(client: Any, name: str = DEFAULT_ACTION, *, local
         if kind in str(exc) and image is None:
             raise DeployError(
                 f"{client.config.apihost} does not offer the runtime kind {kind!r} ({exc.message}). "
-                f"cloudpickle needs the worker to run the client's Python {python}: build a blackbox "
-                f"image with `docker build --build-arg PYTHON={python} -t ORG/dask-whisk-worker:TAG "
-                f"-f worker_action/Dockerfile .`, push it, then run `dask-whisk deploy --image "
-                f"ORG/dask-whisk-worker:TAG` (or use a client with a Python the deployment offers)."
+                f"{blackbox_advice(python)}."
             ) from None
         raise
     except WhiskPayloadTooLarge as exc:
@@ -630,7 +672,7 @@ def run(args: argparse.Namespace) -> int:
 
 __all__ = [
     "DEFAULT_ACTION", "DEFAULT_MEMORY_MB", "DEFAULT_TIMEOUT_MS", "MAX_CODE_BYTES", "DeployError",
-    "WorkerActionMismatch", "build_action_zip", "check_worker_action", "code_digest",
-    "deploy_worker_action", "download_wheels", "encoded_size", "ensure_worker_action",
+    "WorkerActionMismatch", "blackbox_advice", "build_action_zip", "check_worker_action",
+    "code_digest", "deploy_worker_action", "deployment_info", "offered_kinds", "download_wheels", "encoded_size", "ensure_worker_action",
     "host_python", "runtime_kind", "worker_files", "worker_requirements",
 ]

@@ -2,8 +2,9 @@
 
 Each check prints one line (ok / warn / FAIL) with the numbers behind it and, when it fails, what
 to do. The checks follow the path of a job: the API answers, the key is accepted, the namespace
-limits allow a job to fan out, the worker action exists and matches this client, an activation
-round-trips (cold and warm latency), and the store is writable from inside an activation.
+limits allow a job to fan out, the deployment offers this client's Python runtime kind, the worker
+action exists and matches this client, an activation round-trips (cold and warm latency), and the
+store is writable from inside an activation.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from typing import Any
 import dask_whisk
 
 from .config import add_whisk_arguments, whisk_config_from_args
-from .deploy import DEFAULT_ACTION, DeployError, check_worker_action, deploy_command, host_python
+from .deploy import (DEFAULT_ACTION, DeployError, blackbox_advice, check_worker_action, deploy_command,
+                     deployment_info, host_python, offered_kinds, runtime_kind)
 
 #: OpenWhisk's stock per-namespace limits, which throttle any sizeable job
 STOCK_PER_MINUTE = 60
@@ -90,6 +92,19 @@ def _describe_failure(record: dict[str, Any]) -> str:
     result = response.get("result")
     error = result.get("error") if isinstance(result, dict) else result
     return f"status {response.get('status')!r}: {error}"
+
+
+def runtimes_advice(info: dict[str, Any] | None) -> tuple[str, str]:
+    """(status, text) listing the deployment's action kinds, and whether this client's is one."""
+    wanted = runtime_kind(host_python())
+    kinds = offered_kinds(info) if info is not None else None
+    if kinds is None:
+        return "warn", (f"the deployment does not list its runtimes (no manifest at GET /); "
+                        f"`dask-whisk deploy` will find out whether it offers {wanted}")
+    if wanted in kinds:
+        return "ok", f"{', '.join(kinds)} (this client needs {wanted})"
+    return "warn", (f"{', '.join(kinds)}: no {wanted} for this client's Python, so the worker must "
+                    f"be a blackbox image; {blackbox_advice(host_python())}")
 
 
 async def _ping(client: Any, name: str, params: dict[str, Any]) -> tuple[float, dict[str, Any]]:
@@ -178,20 +193,23 @@ async def diagnose(config: Any, *, action: str = DEFAULT_ACTION, store: str | No
         f"(dask-whisk {dask_whisk.__version__}, Python {host_python()})")
     async with OpenWhiskClient(config) as client:
         started = time.perf_counter()
+        info = None
         try:
+            info = await deployment_info(client)  # without credentials
+            elapsed = (time.perf_counter() - started) * 1000
             limits = await client.limits()
         except (WhiskConnectionError, WhiskTimeout) as exc:
             report.add("FAIL", "API reachable", str(exc))
-            return _skip_rest(report, ["credentials", "namespace limits", "worker action",
-                                       "round trip", "store"])
+            return _skip_rest(report, ["credentials", "namespace limits", "runtimes",
+                                       "worker action", "round trip", "store"])
         except WhiskAuthError as exc:
             report.add("ok", "API reachable", f"{config.apihost} answered")
             report.add("FAIL", "credentials", f"{exc.message}: check AUTH in ~/.wskprops, "
                        "WHISK_AUTH or 'whisk.auth' (the key is uuid:key, from `wskadmin user get`)")
-            return _skip_rest(report, ["namespace limits", "worker action", "round trip", "store"])
+            return _skip_rest(report, ["namespace limits", "runtimes", "worker action",
+                                       "round trip", "store"])
         except WhiskNotFound:
             limits = None  # a deployment without the limits route; credentials checked below
-        elapsed = (time.perf_counter() - started) * 1000
         report.add("ok", "API reachable", f"{config.apihost} answered in {elapsed:.0f} ms")
         try:
             action_record = await client.get_action(action, code=False)
@@ -199,7 +217,8 @@ async def diagnose(config: Any, *, action: str = DEFAULT_ACTION, store: str | No
             action_record = None
         except WhiskAuthError as exc:
             report.add("FAIL", "credentials", exc.message)
-            return _skip_rest(report, ["namespace limits", "worker action", "round trip", "store"])
+            return _skip_rest(report, ["namespace limits", "runtimes", "worker action",
+                                       "round trip", "store"])
         report.add("ok", "credentials", f"accepted for namespace {config.namespace}")
         if limits is None:
             report.add("warn", "namespace limits", "this deployment does not report them "
@@ -208,6 +227,8 @@ async def diagnose(config: Any, *, action: str = DEFAULT_ACTION, store: str | No
         else:
             status, detail = limits_advice(limits, units)
             report.add(status, "namespace limits", detail)
+        status, detail = runtimes_advice(info)
+        report.add(status, "runtimes", detail)
         if action_record is None:
             report.add("FAIL", "worker action", f"{action!r} is not deployed: run "
                        f"`{deploy_command(action, host_python())}`")
@@ -271,4 +292,4 @@ def run(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
-__all__ = ["Report", "diagnose", "limits_advice", "add_arguments", "run"]
+__all__ = ["Report", "diagnose", "limits_advice", "runtimes_advice", "add_arguments", "run"]

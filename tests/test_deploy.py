@@ -22,7 +22,7 @@ import dask_whisk
 from dask_whisk import deploy
 from dask_whisk.cli import main as cli_main
 from dask_whisk.config import WhiskConfig
-from dask_whisk.openwhisk import OpenWhiskClient
+from dask_whisk.openwhisk import OpenWhiskClient, WhiskNotFound
 from dask_whisk.server import ServerSettings, start_server_process
 
 PYTHON = deploy.host_python()
@@ -306,16 +306,34 @@ def test_limits_outside_the_namespace_range_are_refused(server):
     arun(scenario())
 
 
-def test_a_missing_runtime_kind_offers_the_blackbox_image(server):
+def test_a_missing_runtime_kind_offers_the_blackbox_image_before_building(server, tmp_path):
+    # The deployment's GET / lists its kinds: the full zip (a pip download for Python 3.99,
+    # which would fail differently) is never built, and nothing reaches the wheel cache.
+    cache = tmp_path / "wheel-cache"
+
     async def scenario():
         async with client_for(server) as client:
             with pytest.raises(deploy.DeployError) as caught:
-                await deploy.deploy_worker_action(client, "old-python", local=True, python="3.99")
+                await deploy.deploy_worker_action(client, "old-python", python="3.99",
+                                                  cache_dir=cache)
+            with pytest.raises(WhiskNotFound):
+                await client.get_action("old-python")
             return str(caught.value)
 
     message = arun(scenario())
-    assert "does not offer the runtime kind 'python:3.99'" in message
-    assert "worker_action/Dockerfile" in message and "dask-whisk deploy --image" in message
+    assert "does not offer the runtime kind 'python:3.99' (its Python kinds: " in message
+    assert f"python:{PYTHON}" in message.split("its Python kinds: ")[1].split(")")[0]
+    assert "worker_action/Dockerfile" in message and "--build-arg PYTHON=3.99" in message
+    assert "dask-whisk deploy --image ORG/dask-whisk-worker:TAG --python 3.99" in message
+    assert not cache.exists()
+
+
+def test_offered_kinds_reads_the_runtimes_manifest():
+    info = {"runtimes": {"nodejs": [{"kind": "nodejs:20"}],
+                         "python": [{"kind": "python:3.11", "default": True}, {"kind": "python:3.10"}]}}
+    assert deploy.offered_kinds(info) == ["nodejs:20", "python:3.10", "python:3.11"]
+    assert deploy.offered_kinds({"description": "a gateway"}) is None
+    assert deploy.offered_kinds({"runtimes": {}}) is None
 
 
 def test_full_zip_deploys_and_runs_on_the_local_server(server, full_zip):

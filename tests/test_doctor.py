@@ -10,7 +10,7 @@ import pytest
 from dask_whisk import deploy
 from dask_whisk.cli import main as cli_main
 from dask_whisk.config import WhiskConfig
-from dask_whisk.doctor import diagnose, limits_advice
+from dask_whisk.doctor import diagnose, limits_advice, runtimes_advice
 from dask_whisk.openwhisk import OpenWhiskClient
 from dask_whisk.server import ServerSettings, start_server_process
 
@@ -62,9 +62,12 @@ def statuses(report) -> dict[str, str]:
 def test_a_healthy_configuration_passes_every_check(roomy_server, local_store_root):
     report, text = run_doctor(config_for(roomy_server), action=ACTION, store="local")
     assert statuses(report) == {"API reachable": "ok", "credentials": "ok", "namespace limits": "ok",
-                                "worker action": "ok", "round trip": "ok", "store local": "ok"}, text
+                                "runtimes": "ok", "worker action": "ok", "round trip": "ok",
+                                "store local": "ok"}, text
     assert report.failed == 0
     assert "100000 invocations/min, 1000 concurrent" in text
+    kind = f"python:{deploy.host_python()}"
+    assert f"runtimes: {kind} (this client needs {kind})" in text  # the local server's kinds
     assert "warm" in text and "median of 3" in text
     assert "writable from this machine and from inside an activation" in text
     assert not list(local_store_root.iterdir()), "the probe's job namespace is removed"
@@ -102,6 +105,18 @@ def test_stock_limits_are_a_warning_with_numbers_and_the_way_to_raise_them(stock
 def test_limits_advice_is_quiet_for_a_job_the_limits_allow():
     status, _ = limits_advice({"invocationsPerMinute": 60, "concurrentInvocations": 30}, units=20)
     assert status == "ok"
+
+
+def test_runtimes_advice_names_the_kinds_and_the_blackbox_way_when_ours_is_missing():
+    kind = f"python:{deploy.host_python()}"
+    manifest = {"runtimes": {"python": [{"kind": "python:3.1"}, {"kind": kind}],
+                             "nodejs": [{"kind": "nodejs:20"}]}}
+    assert runtimes_advice(manifest) == ("ok", f"nodejs:20, python:3.1, {kind} (this client needs {kind})")
+    status, text = runtimes_advice({"runtimes": {"python": [{"kind": "python:3.1"}]}})
+    assert status == "warn" and text.startswith(f"python:3.1: no {kind} for this client's Python")
+    assert "worker_action/Dockerfile" in text and "dask-whisk deploy --image" in text
+    status, text = runtimes_advice(None)
+    assert status == "warn" and "does not list its runtimes" in text
 
 
 def test_a_wrong_key_fails_the_credentials_check_without_showing_it(stock_server):
@@ -153,7 +168,7 @@ def test_the_command_exits_non_zero_when_a_check_fails(capsys):
     out = capsys.readouterr().out
     assert code == 1
     assert "FAIL  API reachable: Cannot connect to OpenWhisk at http://127.0.0.1:9" in out
-    assert "1 failed, 5 not checked" in out
+    assert "1 failed, 6 not checked" in out
 
 
 def test_the_command_exits_zero_on_a_healthy_deployment(roomy_server, capsys, local_store_root):
@@ -161,4 +176,4 @@ def test_the_command_exits_zero_on_a_healthy_deployment(roomy_server, capsys, lo
                      "--name", ACTION, "--store", "local", "--warm", "1"])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "6 ok, 0 warning(s), 0 failed, 0 not checked" in out
+    assert "7 ok, 0 warning(s), 0 failed, 0 not checked" in out
