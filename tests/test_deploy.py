@@ -385,4 +385,5 @@ def test_a_blackbox_image_is_sent_as_kind_blackbox(server, capsys):
     code = cli_main(["deploy", "--apihost", server.url, "--auth", server.auth, "--name", "bb-worker",
                      "--image", "example/dask-whisk-worker:1.0"])
     err = capsys.readouterr().err
-    assert code == 1 and "kind 'blackbox'" in err
+    assert code == 1 and "runtime 'blackbox' is not supported" in err
+    assert "local server runs no container images" in err

@@ -30,6 +30,9 @@ STATUS_CODES = {name: code for code, name in STATUS_NAMES.items()}
 LIST_MAX = 200
 LIST_DEFAULT = 30
 JSON_TYPE = "application/json"
+#: what ``GET /api/v1`` reports as the build (``wsk property get --apibuild`` shows it)
+BUILD_DATE = "dask-whisk local server"
+BUILD_NO = "local"
 #: the HTTP status of a finished blocking invoke, by activation status code
 BLOCKING_STATUS = {0: 200, 1: 502, 2: 502, 3: 500}
 
@@ -67,7 +70,8 @@ class WhiskServer:
         s = self.settings
         return {
             "description": "OpenWhisk (dask-whisk local server)",
-            "support": {"github": "https://github.com/apache/openwhisk/issues"},
+            "support": {"github": "https://github.com/apache/openwhisk/issues",
+                        "slack": "http://slack.openwhisk.org"},
             "api_paths": ["/api/v1"],
             "runtimes": self.runtimes.manifest(),
             "limits": {
@@ -173,7 +177,8 @@ async def get_info(request: web.Request) -> web.Response:
 
 async def get_api(request: web.Request) -> web.Response:
     return json_response({"description": "OpenWhisk API", "api_version": "1.0.0",
-                          "api_version_path": "v1", "api_paths": ["/api/v1"]})
+                          "api_version_path": "v1", "build": BUILD_DATE, "buildno": BUILD_NO,
+                          "swagger_paths": {"ui": "/api/v1/docs", "api-docs": "/api/v1/api-docs"}})
 
 
 async def get_namespaces(request: web.Request) -> web.Response:
@@ -296,7 +301,8 @@ async def list_activations(request: web.Request) -> web.Response:
 
 
 def _summary(record: dict) -> dict:
-    summary = {k: v for k, v in record.items() if k not in ("logs", "response")}
+    """An activation as a list shows it (OpenWhisk's summary view: statusCode, no result)."""
+    summary = {k: v for k, v in record.items() if k not in ("logs", "response", "subject")}
     summary["statusCode"] = STATUS_CODES[record["response"]["status"]]
     return summary
 

@@ -62,8 +62,9 @@ class Action:
         }
 
     def summary(self) -> dict:
-        """The action as a list shows it."""
+        """The action as a list shows it (OpenWhisk's summary view: no parameters)."""
         view = self.view(code=False)
+        del view["parameters"]
         view["exec"] = {"binary": self.exec["binary"]}
         return view
 
@@ -171,7 +172,7 @@ class ActionStore:
         try:
             kind = self.runtimes.resolve(value["kind"])
         except ValueError as exc:
-            raise ApiError(400, str(exc)) from None
+            raise ApiError(400, f"{MALFORMED}{exc}") from None
         exec_ = {"kind": kind, "code": code, "binary": is_binary(code)}
         main = value.get("main")
         if main is not None:

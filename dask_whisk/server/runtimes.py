@@ -26,20 +26,20 @@ class Runtimes:
     default_kind: str
 
     def resolve(self, kind: str) -> str:
-        """The canonical kind for ``kind`` (aliases resolved); ValueError says what is supported."""
+        """The canonical kind for ``kind`` (aliases resolved); ValueError in OpenWhisk's words.
+
+        OpenWhisk answers an unknown kind with the kinds it offers; here a ``python:3.X`` kind is
+        offered only when ``python3.X`` runs on the server's PATH.
+        """
         if kind in ("python:3", "python:default"):
             return self.default_kind
         if kind in self.interpreters:
             return kind
-        supported = ", ".join(sorted(self.interpreters))
-        if kind.startswith("python:3."):
-            reason = f"no working {kind.replace(':', '')} interpreter was found on PATH"
-        else:
-            reason = "the local server runs Python actions only (no container engine here)"
-        raise ValueError(
-            f"kind '{kind}' is not supported by this local server: {reason}; "
-            f"supported kinds: {supported} (python:3 and python:default mean {self.default_kind})"
-        )
+        valid = "', '".join(sorted(self.interpreters))
+        # OpenWhisk itself accepts blackbox images; this server has no container engine to run them
+        local = ": the dask-whisk local server runs no container images" if kind == "blackbox" else ""
+        raise ValueError(f"The specified runtime '{kind}' is not supported by this platform{local}. "
+                         f"Valid values are: '{valid}'.")
 
     def manifest(self) -> dict:
         """The ``runtimes`` section of ``GET /``, shaped like OpenWhisk's."""
