@@ -395,8 +395,10 @@ class OpenWhiskClient:
     def _connection_error(self, exc: aiohttp.ClientConnectorError, method: str,
                           path: str) -> WhiskConnectionError:
         if isinstance(exc, aiohttp.ClientSSLError):
-            hint = ("the TLS handshake failed; for a self-signed deployment set "
-                    "'whisk.insecure: true' (DASK_WHISK__INSECURE=True)")
+            hint = ("the TLS handshake failed; if it serves plain HTTP (as `dask-whisk server` "
+                    "does), write the API host as http://host:port (without a scheme it means "
+                    "https); for a self-signed certificate set 'whisk.insecure: true' "
+                    "(DASK_WHISK__INSECURE=True)")
         else:
             hint = ("check that OpenWhisk is running there and that the API host "
                     "('whisk.apihost', WHISK_APIHOST or APIHOST= in ~/.wskprops) is right")

@@ -314,6 +314,21 @@ def test_connection_refused_names_the_host():
     assert error.__context__ is None and error.__cause__ is None  # aiohttp's request info stays out
 
 
+def test_https_to_a_plain_http_server_says_to_write_http(server):
+    # a wskprops APIHOST without a scheme means https: the hint must say how to fix it
+    config = WhiskConfig(apihost=server.url.removeprefix("http://"), auth=server.auth)
+    assert config.apihost.startswith("https://")
+
+    async def scenario():
+        async with OpenWhiskClient(config) as client:
+            with pytest.raises(WhiskConnectionError) as caught:
+                await client.limits()
+            return str(caught.value)
+    message = arun(scenario())
+    assert "TLS handshake failed" in message and "http://host:port" in message
+    assert server.auth.split(":")[1] not in message
+
+
 def test_pacing_follows_namespace_limits(server, narrow_server):
     async def scenario():
         async with client_for(server) as client:
