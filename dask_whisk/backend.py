@@ -74,8 +74,8 @@ class Backend:
         self.client = OpenWhiskClient(self.whisk)
         await ensure_worker_action(
             self.client, self.action, local=self.embedded,
-            memory_mb=dask.config.get("whisk.action-memory", None),
-            timeout_ms=dask.config.get("whisk.action-timeout", None),
+            memory_mb=dask.config.get("whisk.action-memory"),
+            timeout_ms=dask.config.get("whisk.action-timeout"),
         )
         self.max_in_flight = await self.client.configure_pacing() or UNBOUNDED_IN_FLIGHT
 

@@ -34,6 +34,8 @@ DEFAULTS: dict[str, Any] = {
         "insecure": False,  # skip TLS certificate verification (self-signed deployments)
         "store": "local",  # where job data goes: "local" (a directory) or "swift"
         "action": "dask-whisk-worker",  # name of the worker action
+        "action-memory": None,  # MB for the worker action whisk_get deploys; None: 512 in range
+        "action-timeout": None,  # ms for the worker action whisk_get deploys; None: 300000 in range
         "max-in-flight": None,  # cap on concurrent activations; None: the namespace's limit
         "client": {
             "connection-limit": None,  # open HTTP connections; None: from the open-files limit
