@@ -20,8 +20,9 @@ from typing import Any
 import dask_whisk
 
 from .config import add_whisk_arguments, whisk_config_from_args
-from .deploy import (DEFAULT_ACTION, DeployError, blackbox_advice, check_worker_action, deploy_command,
-                     deployment_info, host_python, offered_kinds, runtime_kind)
+from .artifact import DeployError, host_python
+from .deploy import (DEFAULT_ACTION, blackbox_advice, check_worker_action, deploy_command, deployment_info,
+                     offered_kinds, runtime_kind)
 
 #: OpenWhisk's stock per-namespace limits, which throttle any sizeable job
 STOCK_PER_MINUTE = 60

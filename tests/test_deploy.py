@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 
 import dask_whisk
-from dask_whisk import deploy
+from dask_whisk import artifact, deploy
 from dask_whisk.cli import main as cli_main
 from dask_whisk.config import WhiskConfig
 from dask_whisk.openwhisk import OpenWhiskClient, WhiskNotFound
 from dask_whisk.server import ServerSettings, start_server_process
 
-PYTHON = deploy.host_python()
+PYTHON = artifact.host_python()
 CP = "cp" + PYTHON.replace(".", "")
 SITE = f"virtualenv/lib/python{PYTHON}/site-packages/"
 
@@ -38,7 +38,7 @@ def arun(coro):
 def full_zip(tmp_path_factory) -> tuple[Path, bytes]:
     """The full action zip (virtualenv included), built once for the session."""
     path = tmp_path_factory.mktemp("artifact") / "worker.zip"
-    return path, deploy.build_action_zip(str(path), with_dependencies=True)
+    return path, artifact.build_action_zip(str(path), with_dependencies=True)
 
 
 @pytest.fixture(scope="session")
@@ -69,22 +69,22 @@ def names_of(code: bytes) -> list[str]:
 # -- the artifact ---------------------------------------------------------------------------
 
 def test_small_zip_holds_the_entry_point_and_only_the_worker_modules():
-    code = deploy.build_action_zip(with_dependencies=False)
+    code = artifact.build_action_zip(with_dependencies=False)
     assert set(names_of(code)) == {
         "__main__.py", "dask_whisk/__init__.py", "dask_whisk/protocol.py",
         "dask_whisk/store/__init__.py", "dask_whisk/store/local.py", "dask_whisk/store/swift.py",
     }
     entry = (importlib.resources.files("worker_action") / "__main__.py").read_bytes()
     assert zipfile.ZipFile(io.BytesIO(code)).read("__main__.py") == entry
-    assert deploy.build_action_zip(with_dependencies=False) == code, "the same inputs give the same bytes"
+    assert artifact.build_action_zip(with_dependencies=False) == code, "the same inputs give the same bytes"
 
 
 def test_a_module_level_import_the_worker_does_not_ship_is_refused(monkeypatch):
     # the client-side REST client imports aiohttp: pulling it into the worker must be an error
-    roots = deploy.worker_roots()
-    monkeypatch.setattr(deploy, "worker_roots", lambda: [*roots, "dask_whisk.openwhisk"])
-    with pytest.raises(deploy.DeployError, match=r"dask_whisk/openwhisk.py imports 'aiohttp'.*inside the function"):
-        deploy.worker_files()
+    roots = artifact.worker_roots()
+    monkeypatch.setattr(artifact, "worker_roots", lambda: [*roots, "dask_whisk.openwhisk"])
+    with pytest.raises(artifact.DeployError, match=r"dask_whisk/openwhisk.py imports 'aiohttp'.*inside the function"):
+        artifact.worker_files()
 
 
 def test_imports_inside_functions_and_type_checking_blocks_are_not_followed():
@@ -97,16 +97,16 @@ def test_imports_inside_functions_and_type_checking_blocks_are_not_followed():
         "def later():\n    from .scheduler import get\n"
         "class C:\n    import toolz\n"
     )
-    found = deploy._imports_at_load(source, "dask_whisk", is_package=True)
+    found = artifact._imports_at_load(source, "dask_whisk", is_package=True)
     assert found == {"typing", "json", "dask_whisk", "dask_whisk.protocol", "yaml", "toolz"}
 
 
 def test_full_zip_is_under_the_code_limit_with_base64_counted(full_zip):
     _, code = full_zip
     encoded = len(base64.b64encode(code))
-    assert deploy.encoded_size(code) == encoded
-    print(f"full zip: {len(code):,} bytes, {encoded:,} base64 (limit {deploy.MAX_CODE_BYTES:,})")
-    assert encoded < deploy.MAX_CODE_BYTES
+    assert artifact.encoded_size(code) == encoded
+    print(f"full zip: {len(code):,} bytes, {encoded:,} base64 (limit {artifact.MAX_CODE_BYTES:,})")
+    assert encoded < artifact.MAX_CODE_BYTES
 
 
 def test_full_zip_layout_and_trimming(full_zip):
@@ -170,8 +170,8 @@ def test_full_zip_runs_the_worker_with_only_its_virtualenv(full_zip_dir):
 
 def test_wheels_come_from_the_cache_on_a_second_build(full_zip, tmp_path):
     # The session fixture filled ~/.cache/dask-whisk: a manifest now names every wheel.
-    requirements = deploy.worker_requirements(PYTHON)
-    wheels = deploy.download_wheels(requirements, PYTHON, deploy.default_cache_dir())
+    requirements = artifact.worker_requirements(PYTHON)
+    wheels = artifact.download_wheels(requirements, PYTHON, artifact.default_cache_dir())
     manifests = list(wheels[0].parent.glob("manifest-*.json"))
     assert manifests and any(sorted(p.name for p in wheels) == json.loads(m.read_text()) for m in manifests)
 
@@ -181,11 +181,11 @@ def test_requirements_pin_this_clients_versions():
     import dask
     import numpy
 
-    pins = dict(line.split("==") for line in deploy.worker_requirements(PYTHON))
+    pins = dict(line.split("==") for line in artifact.worker_requirements(PYTHON))
     assert pins["dask"] == dask.__version__
     assert pins["cloudpickle"] == cloudpickle.__version__
     assert pins["numpy"] == numpy.__version__
-    assert all("==" not in line for line in deploy.worker_requirements("3.99"))
+    assert all("==" not in line for line in artifact.worker_requirements("3.99"))
 
 
 def test_dockerfile_pins_the_runtime_release():
@@ -202,7 +202,7 @@ def test_zip_only_writes_the_artifact_and_prints_its_sizes(tmp_path, capsys, ful
     out = capsys.readouterr().out
     code = target.read_bytes()
     assert code == full_zip[1]
-    assert f"{len(code):,} bytes" in out and f"{deploy.encoded_size(code):,} in base64" in out
+    assert f"{len(code):,} bytes" in out and f"{artifact.encoded_size(code):,} in base64" in out
 
 
 def test_zip_only_small_through_the_console_script(tmp_path):
@@ -221,7 +221,7 @@ def test_bad_python_option_is_a_clear_error(capsys):
 
 def test_print_requirements(capsys):
     assert cli_main(["deploy", "--print-requirements"]) == 0
-    assert capsys.readouterr().out.split() == deploy.worker_requirements(PYTHON)
+    assert capsys.readouterr().out.split() == artifact.worker_requirements(PYTHON)
 
 
 # -- deployment into the local server ---------------------------------------------------------
@@ -254,7 +254,7 @@ def test_ensure_deploys_a_missing_action_once(server):
 
 
 async def _put_foreign(client, name: str, version: str, python: str) -> None:
-    small = base64.b64encode(deploy.build_action_zip(with_dependencies=False)).decode()
+    small = base64.b64encode(artifact.build_action_zip(with_dependencies=False)).decode()
     await client.put_action(name, code=small, kind=f"python:{PYTHON}", binary=True, annotations=[
         {"key": "dask-whisk-version", "value": version}, {"key": "dask-whisk-python", "value": python}])
 
@@ -300,7 +300,7 @@ def test_the_local_server_gets_an_outdated_action_redeployed(server):
 def test_limits_outside_the_namespace_range_are_refused(server):
     async def scenario():
         async with client_for(server) as client:
-            with pytest.raises(deploy.DeployError, match=r"memory 1024 MB is outside .* 128\.\.512 MB.*--memory"):
+            with pytest.raises(artifact.DeployError, match=r"memory 1024 MB is outside .* 128\.\.512 MB.*--memory"):
                 await deploy.deploy_worker_action(client, "too-big", local=True, memory_mb=1024)
 
     arun(scenario())
@@ -313,7 +313,7 @@ def test_a_missing_runtime_kind_offers_the_blackbox_image_before_building(server
 
     async def scenario():
         async with client_for(server) as client:
-            with pytest.raises(deploy.DeployError) as caught:
+            with pytest.raises(artifact.DeployError) as caught:
                 await deploy.deploy_worker_action(client, "old-python", python="3.99",
                                                   cache_dir=cache)
             with pytest.raises(WhiskNotFound):

@@ -7,7 +7,7 @@ import base64
 import dask
 import pytest
 
-from dask_whisk import deploy
+from dask_whisk import artifact, deploy
 from dask_whisk.cli import main as cli_main
 from dask_whisk.config import WhiskConfig
 from dask_whisk.doctor import diagnose, limits_advice, runtimes_advice
@@ -66,7 +66,7 @@ def test_a_healthy_configuration_passes_every_check(roomy_server, local_store_ro
                                 "store local": "ok"}, text
     assert report.failed == 0
     assert "100000 invocations/min, 1000 concurrent" in text
-    kind = f"python:{deploy.host_python()}"
+    kind = f"python:{artifact.host_python()}"
     assert f"runtimes: {kind} (this client needs {kind})" in text  # the local server's kinds
     assert "warm" in text and "median of 3" in text
     assert "writable from this machine and from inside an activation" in text
@@ -108,7 +108,7 @@ def test_limits_advice_is_quiet_for_a_job_the_limits_allow():
 
 
 def test_runtimes_advice_names_the_kinds_and_the_blackbox_way_when_ours_is_missing():
-    kind = f"python:{deploy.host_python()}"
+    kind = f"python:{artifact.host_python()}"
     manifest = {"runtimes": {"python": [{"kind": "python:3.1"}, {"kind": kind}],
                              "nodejs": [{"kind": "nodejs:20"}]}}
     assert runtimes_advice(manifest) == ("ok", f"nodejs:20, python:3.1, {kind} (this client needs {kind})")
@@ -136,12 +136,12 @@ def test_a_missing_action_fails_with_the_deploy_command(stock_server):
 
 def test_a_mismatched_action_fails(stock_server):
     async def put_old():
-        small = base64.b64encode(deploy.build_action_zip(with_dependencies=False)).decode()
+        small = base64.b64encode(artifact.build_action_zip(with_dependencies=False)).decode()
         async with OpenWhiskClient(config_for(stock_server)) as client:
-            await client.put_action("old-doctor", code=small, kind=f"python:{deploy.host_python()}",
+            await client.put_action("old-doctor", code=small, kind=f"python:{artifact.host_python()}",
                                     binary=True, annotations=[
                                         {"key": "dask-whisk-version", "value": "0.0.1"},
-                                        {"key": "dask-whisk-python", "value": deploy.host_python()}])
+                                        {"key": "dask-whisk-python", "value": artifact.host_python()}])
 
     arun(put_old())
     report, text = run_doctor(config_for(stock_server), action="old-doctor")
@@ -153,9 +153,9 @@ def test_an_action_that_cannot_answer_fails_the_round_trip(stock_server):
     async def put_broken():
         async with OpenWhiskClient(config_for(stock_server)) as client:
             await client.put_action("broken-doctor", code="def main(args):\n    raise RuntimeError('boom')\n",
-                                    kind=f"python:{deploy.host_python()}", annotations=[
+                                    kind=f"python:{artifact.host_python()}", annotations=[
                                         {"key": "dask-whisk-version", "value": deploy.dask_whisk.__version__},
-                                        {"key": "dask-whisk-python", "value": deploy.host_python()}])
+                                        {"key": "dask-whisk-python", "value": artifact.host_python()}])
 
     arun(put_broken())
     report, text = run_doctor(config_for(stock_server), action="broken-doctor")
