@@ -1,7 +1,6 @@
 """The local server driven by the official npm ``openwhisk`` JavaScript client (tests/js/)."""
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
