@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import swiftclient
 
+import dask_whisk.config  # noqa: F401  (whisk.* defaults exist before any dask.config.set)
 from dask_whisk import whisk_get
 from dask_whisk.store import JOB_PREFIX, StoreError, new_job_id, open_job_store, open_worker_store
 

@@ -76,6 +76,21 @@ class SaioInfo:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class KeystoneAuth:
+    """A Keystone v3 that the proxy trusts instead of tempauth, and its service user.
+
+    The proxy validates tokens with keystonemiddleware's ``authtoken`` (which must be installed)
+    and grants access with Swift's ``keystoneauth`` to users holding one of ``operator_roles``.
+    """
+
+    url: str            #: the identity service root, e.g. http://127.0.0.1:5000
+    username: str
+    password: str = dataclasses.field(repr=False)
+    project_name: str
+    operator_roles: str = "admin, member"
+
+
 class SaioError(RuntimeError):
     """The single-node Swift could not be started, checked or stopped."""
 
@@ -169,8 +184,20 @@ def cache_filter_factory(global_conf: dict, **local_conf: Any):
 
 # --- configuration ---
 
+def _keystone_filters(keystone: KeystoneAuth) -> str:
+    return (
+        "[filter:authtoken]\npaste.filter_factory = keystonemiddleware.auth_token:filter_factory\n"
+        f"www_authenticate_uri = {keystone.url}/v3\nauth_url = {keystone.url}\n"
+        "auth_type = password\nproject_domain_id = default\nuser_domain_id = default\n"
+        f"project_name = {keystone.project_name}\nusername = {keystone.username}\n"
+        f"password = {keystone.password}\ndelay_auth_decision = true\n\n"
+        "[filter:keystoneauth]\nuse = egg:swift#keystoneauth\n"
+        f"operator_roles = {keystone.operator_roles}\n\n"
+    )
+
+
 def _write_configs(etc: Path, srv: Path, ports: dict[str, int], hash_suffix: str,
-                   fernet_key: str, token_life: int) -> None:
+                   fernet_key: str, token_life: int, keystone: KeystoneAuth | None) -> None:
     user = getpass.getuser()
     (etc / "swift.conf").write_text(
         "[swift-hash]\n"
@@ -190,9 +217,12 @@ def _write_configs(etc: Path, srv: Path, ports: dict[str, int], hash_suffix: str
             f"[app:{name}-server]\nuse = egg:swift#{name}\n\n"
             "[filter:healthcheck]\nuse = egg:swift#healthcheck\n"
         )
+    pipeline = PROXY_PIPELINE
+    if keystone:
+        pipeline = pipeline.replace(" tempauth ", " authtoken keystoneauth ")
     (etc / "proxy-server.conf").write_text(
         f"{common}bind_port = {ports['proxy']}\n\n"
-        f"[pipeline:main]\npipeline = {PROXY_PIPELINE}\n\n"
+        f"[pipeline:main]\npipeline = {pipeline}\n\n"
         "[app:proxy-server]\nuse = egg:swift#proxy\naccount_autocreate = true\n"
         "allow_account_management = true\nerror_suppression_interval = 0\n\n"
         "[filter:tempauth]\nuse = egg:swift#tempauth\n"
@@ -200,6 +230,7 @@ def _write_configs(etc: Path, srv: Path, ports: dict[str, int], hash_suffix: str
         f"fernet_key_k1 = {fernet_key}\nactive_fernet_key_id = k1\n\n"
         "[filter:tempurl]\nuse = egg:swift#tempurl\nallowed_digests = sha256 sha512\n\n"
         f"[filter:cache]\npaste.filter_factory = {__name__}:cache_filter_factory\n\n"
+        + (_keystone_filters(keystone) if keystone else "")
         + "".join(
             f"[filter:{name}]\nuse = egg:swift#{egg}\n\n"
             for name, egg in (
@@ -309,10 +340,13 @@ def status(directory: str | os.PathLike | None = None) -> SaioInfo | None:
 
 
 def start(directory: str | os.PathLike | None = None, port: int | None = None,
-          timeout: float = 60.0, token_life: int = DEFAULT_TOKEN_LIFE) -> SaioInfo:
+          timeout: float = 60.0, token_life: int = DEFAULT_TOKEN_LIFE,
+          keystone: KeystoneAuth | None = None) -> SaioInfo:
     """Start Swift in ``directory`` (created if needed) or return the instance already running.
 
     ``token_life`` is how many seconds a tempauth token stays valid (short ones test renewal).
+    With ``keystone`` the proxy authenticates against that Keystone instead of tempauth (the
+    returned v1 credentials then do not apply, and no account TempURL key is set).
     """
     if token_life < 1:
         raise SaioError(f"token life must be at least 1 second, got {token_life}")
@@ -336,7 +370,8 @@ def start(directory: str | os.PathLike | None = None, port: int | None = None,
     # the hash suffix places objects on disk: it must stay the same for a directory's lifetime
     hash_suffix = previous.get("hash_suffix") or secrets.token_hex(8)
     _write_configs(etc, srv, ports, hash_suffix,
-                   base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(), token_life)
+                   base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(), token_life,
+                   keystone)
     _build_rings(etc, ports)
     pids: dict[str, int] = {}
     state = {"ports": ports, "pids": pids, "hash_suffix": hash_suffix}
@@ -354,7 +389,8 @@ def start(directory: str | os.PathLike | None = None, port: int | None = None,
             (directory / STATE_FILE).write_text(json.dumps(state))
         _wait_healthy(directory, state, timeout)
         info = _info(directory, state)
-        _ensure_tempurl_key(info)
+        if keystone is None:
+            _ensure_tempurl_key(info)
     except BaseException:
         stop(directory)
         raise

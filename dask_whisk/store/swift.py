@@ -524,9 +524,23 @@ class SwiftJobStore(JobStore):
                         else "the token in OS_AUTH_TOKEN (whisk.swift.token)")
                 raise SwiftConfigError(f"Swift at {where} rejected {what} (HTTP {status}): check "
                                        "the Swift settings") from None
-            if "keystoneclient" in str(exc):
+            text = str(exc)
+            if "keystoneclient" in text:
                 raise SwiftConfigError("Keystone v3 auth needs python-keystoneclient: pip install "
                                        "python-keystoneclient, or use v1 auth") from None
+            # Keystone failures come without a status; map them to fixed texts (never echo them)
+            if status is None and text.startswith("Unauthorized"):
+                raise SwiftConfigError(
+                    f"Keystone at {where} rejected the credentials of user "
+                    f"{self.settings.user!r}: check OS_USERNAME, OS_PASSWORD, OS_PROJECT_NAME "
+                    "and the domain names") from None
+            if status is None and text.startswith("Endpoint for"):
+                raise SwiftConfigError(
+                    f"Keystone at {where} lists no object-store endpoint for this project: set "
+                    "OS_REGION_NAME, or check the project's catalog") from None
+            if status is None and "Unable to establish connection" in text:
+                raise SwiftConfigError(f"Cannot reach Keystone at {where}: is it running, and "
+                                       "is OS_AUTH_URL right?") from None
             raise SwiftConfigError(f"Swift at {where} failed to authenticate: "
                                    f"{status or 'no HTTP status'}") from None
         except Exception as exc:  # connection refused, DNS, TLS: nothing secret in the type
