@@ -11,6 +11,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+from . import config  # noqa: E402  registers the whisk.* dask config defaults at import
+
 
 def whisk_get(dsk: Mapping | Any, keys: Sequence | Any, **kwargs: Any) -> Any:
     """Dask scheduler: compute ``keys`` of ``dsk``, each work unit an OpenWhisk activation."""

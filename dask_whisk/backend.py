@@ -102,7 +102,7 @@ def _start_embedded_server():
         atexit.register(_embedded_server.stop)
         logger.info(
             "No OpenWhisk configured: using the embedded local OpenWhisk-compatible server at %s "
-            "and the local store (set WHISK_APIHOST/WHISK_AUTH or ~/.wskprops to use a real one)",
+            "(set WHISK_APIHOST/WHISK_AUTH or ~/.wskprops to use a real one)",
             _embedded_server.url,
         )
     return _embedded_server

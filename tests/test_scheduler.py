@@ -239,8 +239,8 @@ SCRIPT = (
 )
 
 
-def run_script(tmp_path, **env):
-    """Run SCRIPT in a fresh process with a clean HOME and ``env``; return its stderr."""
+def run_script(tmp_path, script=SCRIPT, **env):
+    """Run ``script`` in a fresh process with a clean HOME and ``env``; return its stderr."""
     import os
     import subprocess
     import sys
@@ -248,7 +248,7 @@ def run_script(tmp_path, **env):
     from pathlib import Path
 
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")  # keep the wheel cache
-    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300,
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "HOME": str(tmp_path), "XDG_CACHE_HOME": cache, **env})
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["45", "3"]
@@ -259,6 +259,18 @@ def test_embedded_default_is_announced_once(tmp_path):
     """No configuration: the embedded server starts, and the log says so once."""
     stderr = run_script(tmp_path)
     assert stderr.count("embedded local OpenWhisk-compatible server") == 1, stderr
+
+
+def test_a_first_job_inside_config_set_leaves_the_defaults_in_place(tmp_path):
+    """The whisk.* defaults exist from import on, so leaving a config block cannot remove them."""
+    script = (
+        "import dask, dask.array as da\n"
+        "from dask_whisk import whisk_get\n"
+        "with dask.config.set({'whisk.store': 'local'}):\n"
+        "    print(da.arange(10, chunks=5).sum().compute(scheduler=whisk_get))\n"
+        "print(dask.delayed(sum)([1, 2]).compute(scheduler=whisk_get))\n"
+    )
+    run_script(tmp_path, script)
 
 
 def test_configured_openwhisk_gets_the_action_deployed_once(tmp_path):
