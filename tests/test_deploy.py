@@ -71,7 +71,7 @@ def names_of(code: bytes) -> list[str]:
 def test_small_zip_holds_the_entry_point_and_only_the_worker_modules():
     code = artifact.build_action_zip(with_dependencies=False)
     assert set(names_of(code)) == {
-        "__main__.py", "dask_whisk/__init__.py", "dask_whisk/protocol.py",
+        "__main__.py", "dask_whisk/__init__.py", "dask_whisk/config.py", "dask_whisk/protocol.py",
         "dask_whisk/store/__init__.py", "dask_whisk/store/local.py", "dask_whisk/store/swift.py",
     }
     entry = (importlib.resources.files("worker_action") / "__main__.py").read_bytes()
