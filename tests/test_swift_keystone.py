@@ -12,7 +12,7 @@ import swiftclient
 import dask_whisk.config  # noqa: F401  (whisk.* defaults exist before any dask.config.set)
 from dask_whisk import whisk_get
 from dask_whisk.store import JOB_PREFIX, new_job_id, open_job_store, open_worker_store
-from dask_whisk.store.swift import SwiftConfigError
+from dask_whisk.store.swift_settings import SwiftConfigError
 
 
 @pytest.fixture

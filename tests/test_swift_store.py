@@ -13,7 +13,8 @@ import swiftclient
 from dask_whisk.store import (JOB_PREFIX, ObjectMissing, StoreError, new_job_id, open_job_store,
                               open_worker_store)
 from dask_whisk.store import swift as swift_store
-from dask_whisk.store.swift import MANIFEST_TYPE, SwiftConfigError, resolve_settings
+from dask_whisk.store.swift_settings import SwiftConfigError, resolve_settings
+from dask_whisk.store.swift_worker import MANIFEST_TYPE
 
 SMALL_SEGMENTS = 1000
 

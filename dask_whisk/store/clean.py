@@ -30,7 +30,8 @@ def local_jobs(root: Path) -> dict[str, Remover]:
 
 def swift_jobs() -> dict[str, Remover]:
     """Job namespaces in the configured Swift and how to remove each (raises if unconfigured)."""
-    from .swift import SwiftJobStore, job_namespaces, resolve_settings
+    from .swift import SwiftJobStore, job_namespaces
+    from .swift_settings import resolve_settings
 
     settings = resolve_settings()
 
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"local store {root}: {count} job(s) {'to remove' if args.dry_run else 'removed'}",
               file=sys.stderr)
     if args.store in ("swift", "all"):
-        from .swift import SwiftConfigError
+        from .swift_settings import SwiftConfigError
 
         try:
             count = clean(swift_jobs(), "swift", args.older_than, args.dry_run)
