@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__version__ = "0.1.0"
+from . import config  # noqa: F401  (registers the whisk.* dask config defaults at import)
 
-from . import config  # noqa: E402  registers the whisk.* dask config defaults at import
+__version__ = "0.1.0"
 
 
 def whisk_get(dsk: Mapping | Any, keys: Sequence | Any, **kwargs: Any) -> Any:

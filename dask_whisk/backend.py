@@ -92,9 +92,17 @@ _backends: dict[whisk_config.WhiskConfig | None, Backend] = {}
 _embedded_server = None
 
 
-def _start_embedded_server():
-    """Start (once per process) the local OpenWhisk-compatible server on a free loopback port."""
+def _embedded_whisk() -> whisk_config.WhiskConfig:
+    """The embedded local server's configuration, starting the server on first use and again
+    if it has died (its containers and activations die with it; jobs in flight fail)."""
     global _embedded_server
+    if _embedded_server is not None and _embedded_server.process.poll() is not None:
+        logger.warning("The embedded OpenWhisk-compatible server exited (status %s): starting a new one",
+                       _embedded_server.process.returncode)
+        _embedded_server = None
+        dead = _backends.pop(None, None)
+        if dead is not None:
+            dead.close()
     if _embedded_server is None:
         from .server import ServerSettings, start_server_process
 
@@ -105,19 +113,18 @@ def _start_embedded_server():
             "(set WHISK_APIHOST/WHISK_AUTH or ~/.wskprops to use a real one)",
             _embedded_server.url,
         )
-    return _embedded_server
+    return whisk_config.WhiskConfig(apihost=_embedded_server.url, auth=_embedded_server.auth,
+                                    origin="embedded")
 
 
 def get_backend() -> Backend:
-    """The backend for the current configuration, creating it (and the embedded server) once."""
+    """The backend for the current configuration, created once (the embedded one: while its
+    server lives)."""
     found = whisk_config.find_whisk_config()
     with _lock:
-        key = found
-        if key not in _backends:
-            embedded = found is None
-            if embedded:
-                server = _start_embedded_server()
-                found = whisk_config.WhiskConfig(apihost=server.url, auth=server.auth, origin="embedded")
-            _backends[key] = Backend(found, embedded=embedded)
-            atexit.register(_backends[key].close)
-        return _backends[key]
+        if found is None:
+            whisk = _embedded_whisk()
+        if found not in _backends:
+            _backends[found] = Backend(whisk if found is None else found, embedded=found is None)
+            atexit.register(_backends[found].close)
+        return _backends[found]

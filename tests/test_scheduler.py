@@ -367,3 +367,13 @@ def test_platform_faults_are_absorbed(local_store_root):
     assert "whisk internal error" in statuses, "no fault was injected: the test proves nothing"
     np.testing.assert_allclose(got, (x @ x.T).sum(axis=0).compute(scheduler="sync"))
     assert not list(local_store_root.iterdir())
+
+
+def test_a_dead_embedded_server_is_replaced(local_store_root):
+    """If the embedded server dies between jobs, the next job starts a new one and succeeds."""
+    assert dask.delayed(sum)([1, 2]).compute(scheduler=whisk_get) == 3
+    old = backend._embedded_server
+    old.process.kill()
+    old.process.wait()
+    assert dask.delayed(sum)([3, 4]).compute(scheduler=whisk_get) == 7
+    assert backend._embedded_server is not old and backend._embedded_server.process.poll() is None
