@@ -1,9 +1,9 @@
-"""Where jobs run: an OpenWhisk (configured, or the embedded local server) plus a store, and the
-event loop thread that talks to both.
+"""Where jobs run: an OpenWhisk (configured, or the embedded local server) with the worker action
+deployed, and the event loop thread that does all of a job's network waiting.
 
-One :class:`Backend` per process and configuration, created on first use and kept warm: its HTTP
-connections, its deployed action and, for the embedded default, its local server outlive a job.
-The scheduler's own thread stays synchronous, as Dask's are; all network waiting happens here.
+One :class:`Backend` per process, configuration and action name, created on first use and kept
+warm: its HTTP connections, its deployed action and, for the embedded default, its local server
+outlive a job. The scheduler's own thread stays synchronous, as Dask's are.
 """
 from __future__ import annotations
 
@@ -64,8 +64,13 @@ class Backend:
         self.embedded = embedded
         self.action = dask.config.get("whisk.action")
         self.io = EventLoopThread()
+        self.client = None
         self.max_in_flight = UNBOUNDED_IN_FLIGHT
-        self.io.run(self._prepare())
+        try:
+            self.io.run(self._prepare())
+        except BaseException:
+            self.close()
+            raise
 
     async def _prepare(self) -> None:
         from .deploy import ensure_worker_action
@@ -80,15 +85,18 @@ class Backend:
         self.max_in_flight = await self.client.configure_pacing() or UNBOUNDED_IN_FLIGHT
 
     def close(self) -> None:
-        """Close connections and stop the loop thread."""
+        """Close connections and stop the loop thread; safe to call more than once."""
+        if not self.io.loop.is_running():
+            return
         try:
-            self.io.run(self.client.close())
+            if self.client is not None:
+                self.io.run(self.client.close())
         finally:
             self.io.stop()
 
 
 _lock = threading.Lock()
-_backends: dict[whisk_config.WhiskConfig | None, Backend] = {}
+_backends: dict[tuple[whisk_config.WhiskConfig | None, str], Backend] = {}
 _embedded_server = None
 
 
@@ -100,9 +108,8 @@ def _embedded_whisk() -> whisk_config.WhiskConfig:
         logger.warning("The embedded OpenWhisk-compatible server exited (status %s): starting a new one",
                        _embedded_server.process.returncode)
         _embedded_server = None
-        dead = _backends.pop(None, None)
-        if dead is not None:
-            dead.close()
+        for key in [k for k in _backends if k[0] is None]:
+            _backends.pop(key).close()
     if _embedded_server is None:
         from .server import ServerSettings, start_server_process
 
@@ -121,10 +128,11 @@ def get_backend() -> Backend:
     """The backend for the current configuration, created once (the embedded one: while its
     server lives)."""
     found = whisk_config.find_whisk_config()
+    key = (found, dask.config.get("whisk.action"))
     with _lock:
         if found is None:
             whisk = _embedded_whisk()
-        if found not in _backends:
-            _backends[found] = Backend(whisk if found is None else found, embedded=found is None)
-            atexit.register(_backends[found].close)
-        return _backends[found]
+        if key not in _backends:
+            _backends[key] = Backend(whisk if found is None else found, embedded=found is None)
+            atexit.register(_backends[key].close)
+        return _backends[key]

@@ -1,6 +1,7 @@
 """whisk_get against Dask's own sync scheduler, end to end through the local OpenWhisk-compatible
 server: on the embedded default with the local store and with a real Swift, and on a configured
 OpenWhisk where whisk_get deploys the full action zip itself. No job object may outlive its job."""
+import asyncio
 import threading
 
 import dask
@@ -377,3 +378,22 @@ def test_a_dead_embedded_server_is_replaced(local_store_root):
     old.process.wait()
     assert dask.delayed(sum)([3, 4]).compute(scheduler=whisk_get) == 7
     assert backend._embedded_server is not old and backend._embedded_server.process.poll() is None
+
+
+def test_a_foreign_worker_action_is_refused_with_the_fix(local_store_root):
+    """A configured OpenWhisk whose dask-whisk-worker was not deployed by dask-whisk: clear refusal."""
+    from dask_whisk.config import WhiskConfig
+    from dask_whisk.deploy import WorkerActionMismatch
+    from dask_whisk.openwhisk import OpenWhiskClient
+
+    async def squat(server):
+        async with OpenWhiskClient(WhiskConfig(apihost=server.url, auth=server.auth)) as client:
+            await client.put_action("dask-whisk-worker", kind="python:3",
+                                    code="def main(args):\n    return {}\n")
+
+    with start_server_process(ServerSettings(port=0, **ROOMY)) as server:
+        asyncio.run(squat(server))
+        with dask.config.set({"whisk.apihost": server.url, "whisk.auth": server.auth}):
+            for _ in range(2):  # a failed start leaves nothing half-made behind
+                with pytest.raises(WorkerActionMismatch, match="dask-whisk deploy"):
+                    dask.delayed(sum)([1]).compute(scheduler=whisk_get)
