@@ -81,7 +81,8 @@ class Job:
     async def _input_refs(self, unit: Unit) -> list[dict[str, Any]]:
         """Descriptors of the unit's inputs; inline values over the message budget are stored."""
         refs = []
-        budget = protocol.INLINE_TOTAL_BYTES
+        spec = self.specs[unit.name]
+        budget = protocol.INLINE_TOTAL_BYTES - (protocol.ref_nbytes(spec) if "inline" in spec else 0)
         for key in unit.inputs:
             source = self.plan.source(key)
             ref = self.refs[source]

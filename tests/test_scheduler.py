@@ -397,3 +397,10 @@ def test_a_foreign_worker_action_is_refused_with_the_fix(local_store_root):
             for _ in range(2):  # a failed start leaves nothing half-made behind
                 with pytest.raises(WorkerActionMismatch, match="dask-whisk deploy"):
                     dask.delayed(sum)([1]).compute(scheduler=whisk_get)
+
+
+def test_many_small_inputs_stay_within_the_payload_limit(store):
+    """40 inputs of 60 KB each would ride inline one by one, 2.4 MB in all: the excess is stored."""
+    parts = [dask.delayed(lambda i: np.full(7_500, float(i)))(i) for i in range(40)]
+    total = dask.delayed(lambda arrays: sum(a.sum() for a in arrays))(parts)
+    assert total.compute(scheduler=whisk_get) == sum(7_500.0 * i for i in range(40))
