@@ -124,7 +124,7 @@ class Job:
             result = response.get("result") or {}
             if status == "success":
                 envelope = protocol.UnitResult.from_json(result)
-                for key, ref in zip(unit.outputs, envelope.outputs):
+                for key, ref in zip(unit.outputs, envelope.outputs, strict=True):
                     self.refs[key] = ref
                 self.stats[unit.name] = envelope.stats
                 return record["activationId"]
@@ -167,7 +167,7 @@ class Job:
         sources = {key: self.plan.source(key) for key in keys}
         remote = sorted({s for s in sources.values() if s not in self.plan.data}, key=repr)
         with ThreadPoolExecutor(max_workers=8, thread_name_prefix="dask-whisk-gather") as pool:
-            frames = dict(zip(remote, pool.map(frame, remote)))
+            frames = dict(zip(remote, pool.map(frame, remote), strict=True))
         decoded = {source: protocol.decode(data, self.mac_key) for source, data in frames.items()}
         return {key: self.plan.data[s] if s in self.plan.data else decoded[s] for key, s in sources.items()}
 

@@ -107,7 +107,7 @@ def main(args: dict[str, Any]) -> dict[str, Any]:
     spec_frame, *input_frames = _fetch([inv.spec, *inv.inputs], store)
     spec: protocol.UnitSpec = protocol.decode(spec_frame, inv.mac_key)
     try:
-        inputs = {key: protocol.decode(frame, inv.mac_key) for key, frame in zip(spec.inputs, input_frames)}
+        inputs = {key: protocol.decode(frame, inv.mac_key) for key, frame in zip(spec.inputs, input_frames, strict=True)}
     except protocol.TamperedObject as exc:  # the client gets this exception type back
         return protocol.error_envelope(exc, next(iter(spec.tasks)), inv.mac_key)
     bytes_in = sum(memoryview(f).nbytes for f in input_frames)
