@@ -40,6 +40,7 @@ WHISK_KEY = web.AppKey("whisk", "WhiskServer")
 
 
 def json_response(body: object, status: int = 200, headers: dict | None = None) -> web.Response:
+    """``body`` as a JSON response (OpenWhisk answers ``application/json`` everywhere)."""
     return web.Response(body=json.dumps(body).encode(), status=status,
                         content_type=JSON_TYPE, headers=headers)
 
@@ -56,6 +57,7 @@ class WhiskServer:
         self._basic = "Basic " + base64.b64encode(settings.auth.encode()).decode()
 
     def authenticate(self, request: web.Request) -> None:
+        """401 unless the request carries this server's key (compared in constant time)."""
         header = request.headers.get("Authorization")
         if header is None or not header.startswith("Basic "):
             raise ApiError(401, NOT_SUPPLIED)
@@ -63,10 +65,12 @@ class WhiskServer:
             raise ApiError(401, INVALID_AUTH)
 
     def namespace(self, request: web.Request) -> None:
+        """403 unless the path names this server's namespace (or ``_``)."""
         if request.match_info["ns"] not in ("_", self.settings.namespace):
             raise ApiError(403, "The supplied authentication is not authorized to access this resource.")
 
     def info(self) -> dict:
+        """The deployment description of ``GET /``: runtimes and limits."""
         s = self.settings
         return {
             "description": "OpenWhisk (dask-whisk local server)",
@@ -87,6 +91,7 @@ class WhiskServer:
         }
 
     def limits(self) -> dict:
+        """The namespace's limits, as ``GET .../limits`` reports them."""
         s = self.settings
         return {
             "invocationsPerMinute": s.invocations_per_minute,
@@ -102,6 +107,7 @@ class WhiskServer:
 
 
 def error_response(status: int, message: str, request_id: str) -> web.Response:
+    """OpenWhisk's error body; a 401 also names the realm, as the controller does."""
     headers = {"WWW-Authenticate": REALM} if status == 401 else None
     return json_response({"error": message, "code": request_id}, status, headers)
 
@@ -222,6 +228,7 @@ async def delete_action(request: web.Request) -> web.Response:
 
 
 async def invoke_action(request: web.Request) -> web.Response:
+    """Invoke: 202 with the id, or (blocking) the record once done within the wait."""
     whisk = _whisk(request)
     if whisk.faults.latency_seconds:
         await asyncio.sleep(whisk.faults.latency_seconds)
@@ -233,15 +240,7 @@ async def invoke_action(request: web.Request) -> web.Response:
     if not isinstance(params, dict):
         raise ApiError(400, "The request content was malformed:\nthe body must be a JSON object")
     blocking = request.query.get("blocking") == "true"
-    wait_ms = whisk.settings.max_blocking_wait_ms
-    if blocking and request.query.get("timeout"):
-        try:
-            wait_ms = int(request.query["timeout"])
-        except ValueError:
-            wait_ms = -1
-        if not 0 < wait_ms <= whisk.settings.max_blocking_wait_ms:
-            raise ApiError(400, f"Timeout must be number of milliseconds up to "
-                                f"{whisk.settings.max_blocking_wait_ms}.")
+    wait_ms = _blocking_wait_ms(request, whisk.settings.max_blocking_wait_ms) if blocking else 0
     fault = whisk.faults.draw()
     if fault == "429":
         raise ApiError(429, "Too many requests (injected fault).")
@@ -263,6 +262,20 @@ async def invoke_action(request: web.Request) -> web.Response:
             body = record["response"]["result"] if request.query.get("result") == "true" else record
             return json_response(body, status, headers)
     return json_response({"activationId": activation.id}, 202, headers)
+
+
+def _blocking_wait_ms(request: web.Request, longest: int) -> int:
+    """How long a blocking invoke waits: its ``timeout`` query (1..longest ms), else ``longest``."""
+    given = request.query.get("timeout")
+    if not given:
+        return longest
+    try:
+        wait_ms = int(given)
+    except ValueError:
+        wait_ms = -1
+    if not 0 < wait_ms <= longest:
+        raise ApiError(400, f"Timeout must be number of milliseconds up to {longest}.")
+    return wait_ms
 
 
 def _record(request: web.Request) -> dict:

@@ -7,6 +7,7 @@ its stdout/stderr are cut into per-activation logs in OpenWhisk's ``<time> stdou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import shutil
@@ -76,7 +77,6 @@ class Container:
         self.session = session
         self.process: asyncio.subprocess.Process | None = None
         self.port = 0
-        self.busy = False
         self.last_used = time.monotonic()
         self.kill_reason: str | None = None
         self.logs = Logs(10 * 1024 * 1024)
@@ -133,7 +133,6 @@ class Container:
     def begin(self, log_limit_bytes: int) -> None:
         """Start collecting the logs of a new activation."""
         self.logs = Logs(log_limit_bytes)
-        self.busy = True
 
     async def end(self, complete: bool) -> list[str]:
         """Finish the activation's logs: wait for the end markers if the runtime wrote them."""
@@ -141,10 +140,8 @@ class Container:
             self._expected_ends += 1
             if min(self._ends.values()) < self._expected_ends:
                 self._ended.clear()
-                try:
+                with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._ended.wait(), LOG_SETTLE_SECONDS)
-                except asyncio.TimeoutError:
-                    pass
         else:
             for reader in self._readers:  # drain what the dead process wrote before it died
                 try:
@@ -152,7 +149,6 @@ class Container:
                 except asyncio.TimeoutError:
                     break
             self.logs.lines.append(f"{_log_time()} stderr: {DEVELOPER_ERROR_LOGS}")
-        self.busy = False
         self.last_used = time.monotonic()
         return self.logs.lines
 
@@ -165,10 +161,9 @@ class Container:
             raise ContainerGone("timeout") from None
         except aiohttp.ClientError:
             if self.alive and self.kill_reason is None:
-                try:  # the process may be exiting: give it a moment to be reaped
+                # the process may be exiting: give it a moment to be reaped
+                with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.process.wait(), 1.0)
-                except asyncio.TimeoutError:
-                    pass
             self.kill(self.kill_reason or "crash")
             raise ContainerGone(self.kill_reason) from None
 

@@ -46,11 +46,9 @@ class Action:
     def key(self) -> tuple[str, str]:
         return (self.name, self.version)
 
-    def annotation(self, key: str, default: object = None) -> object:
-        for item in self.annotations:
-            if item.get("key") == key:
-                return item.get("value")
-        return default
+    def annotation(self, key: str) -> object:
+        """The value of annotation ``key``, or None."""
+        return next((a.get("value") for a in self.annotations if a.get("key") == key), None)
 
     def view(self, code: bool = True) -> dict:
         """The action as the REST API shows it (without the code when ``code`` is false)."""

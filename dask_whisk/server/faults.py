@@ -9,9 +9,7 @@ import random
 
 from .settings import FaultSettings
 
-#: kinds decided when the invoke request arrives (the request is rejected)
-REQUEST_FAULTS = ("429", "503")
-#: kinds decided for an accepted activation (it ends with this outcome)
+#: kinds that end an accepted activation (the others, 429 and 503, reject the invoke request)
 ACTIVATION_FAULTS = ("application error", "action developer error", "whisk internal error", "crash")
 
 

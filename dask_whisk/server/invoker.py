@@ -108,10 +108,6 @@ class ContainerPool:
         self._queue: collections.deque[tuple[Action, asyncio.Future]] = collections.deque()
         self._removals: set[asyncio.Task] = set()
 
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
-
     async def acquire(self, action: Action) -> tuple[Container, bool]:
         """A container for ``action`` and whether it is new (cold); waits while the pool is full."""
         if action.limits["memory"] > self.capacity_mb:

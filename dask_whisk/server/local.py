@@ -18,12 +18,11 @@ class LocalWhisk:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self.url = ""
-        self.app: web.Application | None = None
         self._runner: web.AppRunner | None = None
 
     async def __aenter__(self) -> str:
-        self.app = make_app(self.settings, await discover())
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        app = make_app(self.settings, await discover())
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port,
                            backlog=1024, reuse_address=True)
@@ -35,7 +34,7 @@ class LocalWhisk:
         port = self._runner.addresses[0][1]
         host = self.settings.host if self.settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         self.url = f"http://{host}:{port}"
-        await self.app[WHISK_KEY].invoker.start(self.url)
+        await app[WHISK_KEY].invoker.start(self.url)
         return self.url
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -23,9 +23,6 @@ class ActivationRecords:
     def get(self, activation_id: str) -> dict | None:
         return self._records.get(activation_id)
 
-    def __len__(self) -> int:
-        return len(self._records)
-
     def query(self, *, name: str | None, since: int | None, upto: int | None,
               skip: int, limit: int) -> list[dict]:
         """Records newest first, filtered by action name and start time (epoch ms)."""

@@ -56,7 +56,7 @@ class Action:
             try:
                 archive = zipfile.ZipFile(io.BytesIO(base64.b64decode(code)))
             except (ValueError, zipfile.BadZipFile) as exc:
-                raise ValueError("Invalid zip file: %s" % exc)
+                raise ValueError("Invalid zip file: %s" % exc) from None
             archive.extractall(action_dir)
             module_file = os.path.join(action_dir, "__main__.py")
             if not os.path.isfile(module_file):

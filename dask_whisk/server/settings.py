@@ -51,11 +51,6 @@ class FaultSettings:
         if self.latency_ms < 0:
             raise ValueError(f"latency_ms must be >= 0, got {self.latency_ms}")
 
-    @property
-    def enabled(self) -> bool:
-        """Whether any fault or latency is injected at all."""
-        return self.fault_rate > 0 or self.hang_rate > 0 or self.latency_ms > 0
-
 
 @dataclass(frozen=True)
 class ServerSettings:
