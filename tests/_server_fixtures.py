@@ -23,24 +23,15 @@ ROOMY = dict(invocations_per_minute=1_000_000, concurrent_invocations=10_000, us
 @pytest.fixture(scope="session")
 def server_process() -> ServerProcess:
     """One shared server (port 0, roomy limits) for the session; tests use distinct action names."""
-    handle = start_server_process(ServerSettings(port=0, **ROOMY))
-    yield handle
-    handle.stop()
+    with start_server_process(ServerSettings(**ROOMY)) as handle:
+        yield handle
 
 
 @pytest.fixture
 def server_factory():
     """Start servers with given settings (``server_factory(concurrent_invocations=2)``); all stop after."""
-    started: list[ServerProcess] = []
-
-    def start(**settings) -> ServerProcess:
-        handle = start_server_process(ServerSettings(port=0, **settings))
-        started.append(handle)
-        return handle
-
-    yield start
-    for handle in started:
-        handle.stop()
+    with contextlib.ExitStack() as stack:
+        yield lambda **settings: stack.enter_context(start_server_process(ServerSettings(**settings)))
 
 
 @pytest.fixture(scope="session")

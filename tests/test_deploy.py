@@ -53,9 +53,8 @@ def full_zip_dir(full_zip, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server():
     """A local server with OpenWhisk's stock limits (60/min, 30 concurrent, 128..512 MB)."""
-    handle = start_server_process(ServerSettings(port=0))
-    yield handle
-    handle.stop()
+    with start_server_process() as handle:
+        yield handle
 
 
 def client_for(handle) -> OpenWhiskClient:

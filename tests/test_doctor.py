@@ -33,20 +33,18 @@ async def _deploy(handle, name: str = ACTION) -> None:
 @pytest.fixture(scope="module")
 def roomy_server():
     """A research-style deployment (limits raised), with the worker deployed."""
-    handle = start_server_process(ServerSettings(
-        port=0, invocations_per_minute=100_000, concurrent_invocations=1_000))
-    arun(_deploy(handle))
-    yield handle
-    handle.stop()
+    with start_server_process(ServerSettings(
+            invocations_per_minute=100_000, concurrent_invocations=1_000)) as handle:
+        arun(_deploy(handle))
+        yield handle
 
 
 @pytest.fixture(scope="module")
 def stock_server():
     """OpenWhisk's stock limits: 60 invocations a minute, 30 concurrent."""
-    handle = start_server_process(ServerSettings(port=0))
-    arun(_deploy(handle))
-    yield handle
-    handle.stop()
+    with start_server_process() as handle:
+        arun(_deploy(handle))
+        yield handle
 
 
 def run_doctor(config, **options):

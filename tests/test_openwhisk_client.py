@@ -47,39 +47,35 @@ def arun(coro):
 @pytest.fixture(scope="module")
 def server():
     """A server with research-sized limits and a short blocking wait (to exercise polling)."""
-    handle = start_server_process(ServerSettings(
-        port=0, invocations_per_minute=1_000_000, concurrent_invocations=1_000,
-        max_blocking_wait_ms=1_500, max_code_bytes=64 * 1024))
-    yield handle
-    handle.stop()
+    with start_server_process(ServerSettings(
+            invocations_per_minute=1_000_000, concurrent_invocations=1_000,
+            max_blocking_wait_ms=1_500, max_code_bytes=64 * 1024)) as handle:
+        yield handle
 
 
 @pytest.fixture(scope="module")
 def narrow_server():
     """OpenWhisk's default-style narrow concurrency: two activations in flight."""
-    handle = start_server_process(ServerSettings(
-        port=0, invocations_per_minute=1_000_000, concurrent_invocations=2))
-    yield handle
-    handle.stop()
+    with start_server_process(ServerSettings(
+            invocations_per_minute=1_000_000, concurrent_invocations=2)) as handle:
+        yield handle
 
 
 @pytest.fixture(scope="module")
 def slow_rate_server():
     """Three invocations per minute."""
-    handle = start_server_process(ServerSettings(
-        port=0, invocations_per_minute=3, concurrent_invocations=30))
-    yield handle
-    handle.stop()
+    with start_server_process(ServerSettings(
+            invocations_per_minute=3, concurrent_invocations=30)) as handle:
+        yield handle
 
 
 @pytest.fixture(scope="module")
 def faulty_server():
     """Injects 503s and whisk internal errors into 30% of invokes (seeded, so repeatable)."""
     faults = FaultSettings(fault_rate=0.3, kinds=("503", "whisk internal error"), seed=7)
-    handle = start_server_process(ServerSettings(
-        port=0, invocations_per_minute=1_000_000, concurrent_invocations=100, faults=faults))
-    yield handle
-    handle.stop()
+    with start_server_process(ServerSettings(
+            invocations_per_minute=1_000_000, concurrent_invocations=100, faults=faults)) as handle:
+        yield handle
 
 
 def config_for(handle) -> WhiskConfig:
