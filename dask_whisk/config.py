@@ -153,12 +153,6 @@ class WhiskConfig:
         """``<api_url>/namespaces/<namespace>``, the prefix of every entity path."""
         return f"{self.api_url}/namespaces/{quote(self.namespace, safe='')}"
 
-    @property
-    def credentials(self) -> tuple[str, str]:
-        """(user, password) for HTTP Basic authentication: the UUID and the key."""
-        subject, _, key = self.auth.partition(":")
-        return subject, key
-
 
 def read_wskprops(path: str | os.PathLike[str]) -> dict[str, str]:
     """Parse a ``wsk`` properties file (``KEY=VALUE`` lines) into a dict; comments are skipped."""
@@ -313,12 +307,6 @@ class ClientSettings:
         return cls(**values)
 
 
-__all__ = [
-    "DEFAULTS", "WhiskConfig", "WhiskConfigError", "ClientSettings", "find_whisk_config",
-    "load_whisk_config", "normalize_apihost", "read_wskprops", "setting",
-]
-
-
 def add_whisk_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``--apihost/--auth/--namespace/--insecure`` options every OpenWhisk command takes."""
     parser.add_argument("--apihost", help="OpenWhisk API host (default: from the configuration)")
@@ -331,3 +319,10 @@ def add_whisk_arguments(parser: argparse.ArgumentParser) -> None:
 def whisk_config_from_args(args: argparse.Namespace) -> WhiskConfig:
     """The configuration a command's options (over the usual sources) name; raises WhiskConfigError."""
     return load_whisk_config(args.apihost, args.auth, args.namespace, insecure=args.insecure)
+
+
+__all__ = [
+    "DEFAULTS", "WhiskConfig", "WhiskConfigError", "ClientSettings", "add_whisk_arguments",
+    "find_whisk_config", "load_whisk_config", "normalize_apihost", "read_wskprops", "setting",
+    "whisk_config_from_args",
+]

@@ -61,6 +61,7 @@ class WhiskError(Exception):
         return f"{self.message} [{', '.join(where)}]" if where else self.message
 
     def __reduce__(self):
+        """Pickle by fields (the default would drop the keyword-only arguments)."""
         return _rebuild_error, (type(self), self.message, self.status, self.request_id,
                                 self.method, self.path)
 
@@ -178,7 +179,14 @@ def _key_values(items: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None) -
     return [dict(item) for item in items]
 
 
+async def _sleep_jittered(backoff: float) -> float:
+    """Sleep between half and all of ``backoff`` seconds; return the next (doubled, capped) one."""
+    await asyncio.sleep(random.uniform(backoff / 2, backoff))
+    return min(backoff * 2, _MAX_BACKOFF)
+
+
 def _error_message(body: Any) -> str:
+    """OpenWhisk's ``error`` text from a reply body, or the body itself, cut short."""
     if isinstance(body, Mapping) and "error" in body:
         error = body["error"]
         return error if isinstance(error, str) else json.dumps(error)[:_ERROR_TEXT_LIMIT]
@@ -234,7 +242,7 @@ class OpenWhiskClient:
             connector = aiohttp.TCPConnector(
                 limit=self.settings.connection_limit, limit_per_host=0,
                 keepalive_timeout=30, ttl_dns_cache=300,
-                ssl=False if self.config.insecure else True,
+                ssl=not self.config.insecure,
             )
             self._session = aiohttp.ClientSession(
                 connector=connector, headers={"Accept": "application/json"},
@@ -316,8 +324,7 @@ class OpenWhiskClient:
             if failure is not None:
                 if transient and self._may_retry(attempt, started, backoff):
                     # A pooled keep-alive connection the server had closed: retry on a fresh one.
-                    await asyncio.sleep(random.uniform(backoff / 2, backoff))
-                    backoff = min(backoff * 2, _MAX_BACKOFF)
+                    backoff = await _sleep_jittered(backoff)
                     continue
                 raise failure  # raised outside any handler: no chained aiohttp exception
             status, raw, request_id, activation_id, location = answer
@@ -330,8 +337,7 @@ class OpenWhiskClient:
                 if self._may_retry(attempt, started, backoff):
                     logger.debug("OpenWhisk answered %s to %s %s (attempt %d): %s; backing off",
                                  status, method, path, attempt, _error_message(body_value))
-                    await asyncio.sleep(random.uniform(backoff / 2, backoff))
-                    backoff = min(backoff * 2, _MAX_BACKOFF)
+                    backoff = await _sleep_jittered(backoff)
                     continue
             if request_id is None and isinstance(body_value, Mapping):
                 code = body_value.get("code")
@@ -572,7 +578,7 @@ class OpenWhiskClient:
                                upto: int | None = None) -> list[dict[str, Any]]:
         """One page of activations, newest first; ``docs=True`` for whole records."""
         query = {"limit": limit, "skip": skip, "name": name, "since": since, "upto": upto,
-                 "docs": True if docs else None}
+                 "docs": docs or None}
         return await self._call("GET", "activations", query=query)
 
     async def limits(self) -> dict[str, Any]:

@@ -58,7 +58,6 @@ def test_explicit_arguments():
     assert config == WhiskConfig("http://127.0.0.1:3233", AUTH, "guest")
     assert config.api_url == "http://127.0.0.1:3233/api/v1"
     assert config.namespace_url == "http://127.0.0.1:3233/api/v1/namespaces/guest"
-    assert config.credentials == (UUID, KEY)
     assert "apihost: arguments" in config.origin
 
 
