@@ -58,8 +58,9 @@ class WorkerActionMismatch(DeployError):
     """The deployed worker action was built for another dask-whisk version or Python."""
 
 
-def _annotation(action: dict[str, Any], key: str) -> Any:
-    for item in action.get("annotations") or []:
+def annotation(record: dict[str, Any], key: str) -> Any:
+    """The value of annotation ``key`` on an action or activation record, or None."""
+    for item in record.get("annotations") or []:
         if item.get("key") == key:
             return item.get("value")
     return None
@@ -198,10 +199,10 @@ async def deploy_worker_action(client: Any, name: str = DEFAULT_ACTION, *, local
 def check_worker_action(action: dict[str, Any], name: str, python: str | None = None) -> None:
     """Raise WorkerActionMismatch unless ``action`` was built for this dask-whisk and Python."""
     python = python or host_python()
-    found_version = _annotation(action, VERSION_ANNOTATION)
-    found_python = _annotation(action, PYTHON_ANNOTATION)
+    found_version = annotation(action, VERSION_ANNOTATION)
+    found_python = annotation(action, PYTHON_ANNOTATION)
     kind = (action.get("exec") or {}).get("kind")
-    if kind not in (None, "blackbox") and isinstance(kind, str) and kind.startswith("python:"):
+    if isinstance(kind, str) and kind.startswith("python:"):
         found_python = found_python or kind.partition(":")[2]
     problems = []
     if found_version is None:
@@ -242,7 +243,7 @@ async def ensure_worker_action(client: Any, name: str = DEFAULT_ACTION, *, local
     if local:
         try:
             check_worker_action(action, name)
-            stale = _annotation(action, CODE_ANNOTATION) != current
+            stale = annotation(action, CODE_ANNOTATION) != current
         except WorkerActionMismatch:
             stale = True
         if stale:
@@ -250,7 +251,7 @@ async def ensure_worker_action(client: Any, name: str = DEFAULT_ACTION, *, local
                                               timeout_ms=timeout_ms, log=log)
         return action
     check_worker_action(action, name)
-    if _annotation(action, CODE_ANNOTATION) != current:
+    if annotation(action, CODE_ANNOTATION) != current:
         logger.warning("the worker action %s was built from other dask-whisk %s sources than this "
                        "client's; if jobs fail, redeploy it with `%s`", name,
                        dask_whisk.__version__, deploy_command(name, host_python()))
@@ -324,7 +325,7 @@ def run(args: argparse.Namespace) -> int:
 
 __all__ = [
     "DEFAULT_ACTION", "DEFAULT_MEMORY_MB", "DEFAULT_TIMEOUT_MS", "RUNTIME_IMAGE_TAG",
-    "WorkerActionMismatch", "blackbox_advice", "check_worker_action", "deploy_command",
+    "WorkerActionMismatch", "annotation", "blackbox_advice", "check_worker_action", "deploy_command",
     "deploy_worker_action", "deployment_info", "ensure_worker_action", "offered_kinds",
     "runtime_kind",
 ]

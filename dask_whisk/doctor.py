@@ -19,14 +19,17 @@ from typing import Any
 
 import dask_whisk
 
-from .config import add_whisk_arguments, whisk_config_from_args
 from .artifact import DeployError, host_python
-from .deploy import (DEFAULT_ACTION, blackbox_advice, check_worker_action, deploy_command, deployment_info,
-                     offered_kinds, runtime_kind)
+from .config import add_whisk_arguments, whisk_config_from_args
+from .deploy import (DEFAULT_ACTION, annotation, blackbox_advice, check_worker_action,
+                     deploy_command, deployment_info, offered_kinds, runtime_kind)
 
 #: OpenWhisk's stock per-namespace limits, which throttle any sizeable job
 STOCK_PER_MINUTE = 60
 STOCK_CONCURRENT = 30
+#: the checks in the order they run; after a failure the remaining ones are reported as skipped
+CHECKS = ("API reachable", "credentials", "namespace limits", "runtimes", "worker action",
+          "round trip", "store")
 
 _RAISE_LIMITS = (
     "raise them for this namespace: `wskadmin limits set <namespace> --invocationsPerMinute N "
@@ -81,13 +84,6 @@ def limits_advice(limits: dict[str, Any], units: int) -> tuple[str, str]:
     return "ok", text
 
 
-def _annotation(record: dict[str, Any], key: str) -> Any:
-    for item in record.get("annotations") or []:
-        if item.get("key") == key:
-            return item.get("value")
-    return None
-
-
 def _describe_failure(record: dict[str, Any]) -> str:
     response = record.get("response") or {}
     result = response.get("result")
@@ -130,7 +126,7 @@ async def _check_round_trip(client: Any, name: str, warm_calls: int, report: Rep
                    f"{python}, this client dask-whisk {dask_whisk.__version__} on Python "
                    f"{host_python()}: redeploy with `{deploy_command(name, host_python())}`")
         return False
-    init = _annotation(record, "initTime")
+    init = annotation(record, "initTime")
     first = (f"first call {seconds * 1000:.0f} ms "
              + (f"(cold start, initTime {init} ms)" if init is not None else "(a warm container)"))
     warm = []
@@ -201,14 +197,12 @@ async def diagnose(config: Any, *, action: str = DEFAULT_ACTION, store: str | No
             limits = await client.limits()
         except (WhiskConnectionError, WhiskTimeout) as exc:
             report.add("FAIL", "API reachable", str(exc))
-            return _skip_rest(report, ["credentials", "namespace limits", "runtimes",
-                                       "worker action", "round trip", "store"])
+            return _skip_rest(report)
         except WhiskAuthError as exc:
             report.add("ok", "API reachable", f"{config.apihost} answered")
             report.add("FAIL", "credentials", f"{exc.message}: check AUTH in ~/.wskprops, "
                        "WHISK_AUTH or 'whisk.auth' (the key is uuid:key, from `wskadmin user get`)")
-            return _skip_rest(report, ["namespace limits", "runtimes", "worker action",
-                                       "round trip", "store"])
+            return _skip_rest(report)
         except WhiskNotFound:
             limits = None  # a deployment without the limits route; credentials checked below
         report.add("ok", "API reachable", f"{config.apihost} answered in {elapsed:.0f} ms")
@@ -218,8 +212,7 @@ async def diagnose(config: Any, *, action: str = DEFAULT_ACTION, store: str | No
             action_record = None
         except WhiskAuthError as exc:
             report.add("FAIL", "credentials", exc.message)
-            return _skip_rest(report, ["namespace limits", "runtimes", "worker action",
-                                       "round trip", "store"])
+            return _skip_rest(report)
         report.add("ok", "credentials", f"accepted for namespace {config.namespace}")
         if limits is None:
             report.add("warn", "namespace limits", "this deployment does not report them "
@@ -233,12 +226,12 @@ async def diagnose(config: Any, *, action: str = DEFAULT_ACTION, store: str | No
         if action_record is None:
             report.add("FAIL", "worker action", f"{action!r} is not deployed: run "
                        f"`{deploy_command(action, host_python())}`")
-            return _skip_rest(report, ["round trip", "store"])
+            return _skip_rest(report)
         try:
             check_worker_action(action_record, action)
         except DeployError as exc:
             report.add("FAIL", "worker action", str(exc))
-            return _skip_rest(report, ["round trip", "store"])
+            return _skip_rest(report)
         kind = (action_record.get("exec") or {}).get("kind")
         action_limits = action_record.get("limits") or {}
         report.add("ok", "worker action", f"{action} version {action_record.get('version')}, kind "
@@ -250,15 +243,18 @@ async def diagnose(config: Any, *, action: str = DEFAULT_ACTION, store: str | No
             report.add("FAIL", "round trip", str(exc))
             round_trip = False
         if not round_trip:
-            return _skip_rest(report, ["store"])
+            return _skip_rest(report)
         if store is not None:
             await _check_store(client, action, store, report)
     return report
 
 
-def _skip_rest(report: Report, checks: list[str]) -> Report:
-    for check in checks:
-        report.add("skip", check, "not checked (an earlier check failed)")
+def _skip_rest(report: Report) -> Report:
+    """Report every check not yet run as skipped (an earlier one failed); return the report."""
+    done = {check for _, check, _ in report.lines}
+    for check in CHECKS:
+        if check not in done:
+            report.add("skip", check, "not checked (an earlier check failed)")
     return report
 
 
