@@ -25,13 +25,24 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from dask_whisk.store import saio
+from dask_whisk.store import new_job_id, open_job_store, saio
 
 __all__ = ["SwiftEnv", "FaultyProxy", "KeystoneEnv", "swift_env", "faulty_proxy",
-           "short_token_swift", "keystone_swift", "SHORT_TOKEN_LIFE"]
+           "short_token_swift", "keystone_swift", "swift_job", "SHORT_TOKEN_LIFE"]
 
 #: seconds a token of ``short_token_swift`` stays valid
 SHORT_TOKEN_LIFE = 3
+
+
+@contextlib.contextmanager
+def swift_job(**options) -> Iterator:
+    """A Swift job store opened with ``options`` for one test; destroyed and closed after."""
+    store = open_job_store("swift", new_job_id(), **options)
+    try:
+        yield store
+    finally:
+        store.destroy()
+        store.close()
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import dask_whisk.config  # noqa: F401  (whisk.* defaults exist before any dask.
 from dask_whisk import whisk_get
 from dask_whisk.store import JOB_PREFIX, StoreError, new_job_id, open_job_store, open_worker_store
 
-from _swift_fixtures import SHORT_TOKEN_LIFE
+from _swift_fixtures import SHORT_TOKEN_LIFE, swift_job
 
 
 def wait_for_expiry() -> None:
@@ -28,8 +28,7 @@ def rejected(url: str, token: str) -> bool:
 
 
 def test_client_renews_an_expired_token(short_token_swift):
-    s = open_job_store("swift", new_job_id(), **short_token_swift.options())
-    try:
+    with swift_job(**short_token_swift.options()) as s:
         s.put("a", [b"before"])
         old = s._conn().token
         wait_for_expiry()
@@ -37,13 +36,10 @@ def test_client_renews_an_expired_token(short_token_swift):
         s.put("b", [b"after"])
         assert s.get("a") == b"before" and s._conn().token != old
         assert bytes(open_worker_store(s.worker_access(["b"], [])).get("b")) == b"after"
-    finally:
-        s.destroy()
 
 
 def test_workers_are_never_handed_an_expired_job_token(short_token_swift):
-    s = open_job_store("swift", new_job_id(), **short_token_swift.options(tempurl="off"))
-    try:
+    with swift_job(**short_token_swift.options(tempurl="off")) as s:
         s.put("in", [b"x"])
         first = s.worker_access(["in"], [])["token"]
         wait_for_expiry()
@@ -53,21 +49,15 @@ def test_workers_are_never_handed_an_expired_job_token(short_token_swift):
         assert bytes(worker.get("in")) == b"x"
         worker.put("out", [b"y"])
         assert s.get("out") == b"y"
-    finally:
-        s.destroy()
 
 
 def test_an_old_job_token_is_replaced_before_it_expires(short_token_swift):
-    s = open_job_store("swift", new_job_id(),
-                       **short_token_swift.options(tempurl="off", token_refresh=0.5))
-    try:
+    with swift_job(**short_token_swift.options(tempurl="off", token_refresh=0.5)) as s:
         first = s.worker_access([], [])["token"]
         assert s.worker_access([], [])["token"] == first  # young: kept
         time.sleep(0.7)
         second = s.worker_access([], [])["token"]
         assert second != first and not rejected(s.storage_url, first)  # replaced while valid
-    finally:
-        s.destroy()
 
 
 def test_an_expired_preauthenticated_token_says_what_to_do(short_token_swift):

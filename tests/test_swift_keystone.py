@@ -14,6 +14,8 @@ from dask_whisk import whisk_get
 from dask_whisk.store import JOB_PREFIX, new_job_id, open_job_store, open_worker_store
 from dask_whisk.store.swift_settings import SwiftConfigError
 
+from _swift_fixtures import swift_job
+
 
 @pytest.fixture
 def os_environ(keystone_swift, monkeypatch):
@@ -32,8 +34,7 @@ def user_connection(env) -> swiftclient.Connection:
 
 
 def test_v3_settings_from_the_environment(os_environ):
-    s = open_job_store("swift", new_job_id())
-    try:
+    with swift_job() as s:
         assert s.settings.auth_version == "3" and "/v1/AUTH_" in s.storage_url
         s.put("a", [b"through keystone", memoryview(np.arange(3.0))])
         assert s.get("a")[:16] == b"through keystone"
@@ -44,14 +45,11 @@ def test_v3_settings_from_the_environment(os_environ):
         assert bytes(worker.get("a"))[:16] == b"through keystone"
         worker.put("b", [b"from a worker"])
         assert s.get("b") == b"from a worker"
-    finally:
-        s.destroy()
     assert not user_connection(os_environ).get_account(prefix=JOB_PREFIX)[1]
 
 
 def test_workers_get_a_project_token_when_tempurls_are_off(os_environ):
-    s = open_job_store("swift", new_job_id(), tempurl="off")
-    try:
+    with swift_job(tempurl="off") as s:
         s.put("in", [b"x" * 10])
         access = s.worker_access(["in"], ["out"])
         assert access["mode"] == "token" and os_environ.password not in json.dumps(access)
@@ -59,8 +57,6 @@ def test_workers_get_a_project_token_when_tempurls_are_off(os_environ):
         assert bytes(worker.get("in")) == b"x" * 10
         worker.put("out", [b"y"])
         assert s.get("out") == b"y"
-    finally:
-        s.destroy()
 
 
 @pytest.mark.parametrize("variable, value, message", [

@@ -16,6 +16,8 @@ from dask_whisk.store import swift as swift_store
 from dask_whisk.store.swift_settings import SwiftConfigError, resolve_settings
 from dask_whisk.store.swift_worker import MANIFEST_TYPE
 
+from _swift_fixtures import swift_job
+
 SMALL_SEGMENTS = 1000
 
 
@@ -55,12 +57,9 @@ def test_empty_object_and_invalid_names(store):
 
 def test_pre_authenticated_url_and_token(swift_env):
     url, token = raw_connection(swift_env).get_auth()
-    s = open_job_store("swift", new_job_id(), storage_url=url, token=token)
-    try:
+    with swift_job(storage_url=url, token=token) as s:
         s.put("x", [b"pre-authenticated"])
         assert s.get("x") == b"pre-authenticated"
-    finally:
-        s.destroy()
 
 
 def test_settings_from_environment_and_dask_config(swift_env, monkeypatch):
@@ -95,12 +94,9 @@ def test_expired_token_is_renewed(store):
 
 def test_swiftclient_request_log_hides_credentials(swift_env, caplog):
     with caplog.at_level("DEBUG", logger="swiftclient"):
-        s = open_job_store("swift", new_job_id(), **swift_env.options())
-        try:
+        with swift_job(**swift_env.options()) as s:
             s.put("a", [b"1"])
             token = s._conn().token
-        finally:
-            s.destroy()
     assert "X-Auth-Token" in caplog.text
     assert token[-8:] not in caplog.text and token[:12] not in caplog.text
     assert f"X-Auth-Key: {swift_env.key}" not in caplog.text
@@ -172,8 +168,7 @@ def test_signed_url_for_one_object_does_not_open_another(store):
 
 
 def test_token_mode_when_tempurls_are_off(swift_env):
-    s = open_job_store("swift", new_job_id(), **swift_env.options(tempurl="off"))
-    try:
+    with swift_job(**swift_env.options(tempurl="off")) as s:
         s.put("in", [b"via token"])
         access = s.worker_access(["in"], ["out"])
         assert access["mode"] == "token" and swift_env.key not in json.dumps(access)
@@ -181,27 +176,21 @@ def test_token_mode_when_tempurls_are_off(swift_env):
         assert bytes(worker.get("in")) == b"via token"
         worker.put("out", [b"written"])
         assert s.get("out") == b"written"
-    finally:
-        s.destroy()
 
 
 def test_container_scoped_tempurl_key(swift_env):
-    s = open_job_store("swift", new_job_id(), **swift_env.options(tempurl="container"))
-    try:
+    with swift_job(**swift_env.options(tempurl="container")) as s:
         meta = raw_connection(swift_env).head_container(s.container)
         assert meta.get("x-container-meta-temp-url-key")
         s.put("in", [b"container key"])
         worker = open_worker_store(s.worker_access(["in"], []))
         assert bytes(worker.get("in")) == b"container key"
-    finally:
-        s.destroy()
 
 
 # --- segmented objects ---------------------------------------------------------------------------
 
 def test_client_writes_static_large_objects(swift_env):
-    s = open_job_store("swift", new_job_id(), **swift_env.options(segment_size=SMALL_SEGMENTS))
-    try:
+    with swift_job(**swift_env.options(segment_size=SMALL_SEGMENTS)) as s:
         payload = np.random.default_rng(0).bytes(4500)
         assert s.put("big", [payload[:100], payload[100:]]) == 4500
         head = raw_connection(swift_env).head_object(s.container, "big")
@@ -210,13 +199,10 @@ def test_client_writes_static_large_objects(swift_env):
         assert bytes(open_worker_store(s.worker_access(["big"], [])).get("big")) == payload
         s.delete(["big"])
         assert s._list("") == []
-    finally:
-        s.destroy()
 
 
 def test_worker_writes_segments_and_both_sides_read_them(swift_env):
-    s = open_job_store("swift", new_job_id(), **swift_env.options(segment_size=SMALL_SEGMENTS))
-    try:
+    with swift_job(**swift_env.options(segment_size=SMALL_SEGMENTS)) as s:
         payload = np.random.default_rng(1).bytes(3210)
         writer = open_worker_store(s.worker_access([], ["big"]))
         assert writer.put("big", [memoryview(payload)]) == 3210
@@ -227,8 +213,6 @@ def test_worker_writes_segments_and_both_sides_read_them(swift_env):
         assert s.get("big") == payload
         s.delete(["big"])
         assert s._list("") == []
-    finally:
-        s.destroy()
 
 
 def test_shared_container_with_job_prefix(swift_env):
@@ -289,13 +273,10 @@ def test_client_retries_injected_503s_and_resets(swift_env, faulty_proxy):
 
 def test_authentication_retries_transient_failures(swift_env, faulty_proxy):
     faulty_proxy.fail_next(503, "reset", 502)  # the first auth request, then its retries
-    s = open_job_store("swift", new_job_id(), auth_url=faulty_proxy.url + "/auth/v1.0",
-                       user=swift_env.user, key=swift_env.key, backoff=0.01, retries=3)
-    try:
+    with swift_job(auth_url=faulty_proxy.url + "/auth/v1.0", user=swift_env.user,
+                   key=swift_env.key, backoff=0.01, retries=3) as s:
         assert not faulty_proxy.failures
         s.put("a", [b"ok"])
-    finally:
-        s.destroy()
     faulty_proxy.fail_next(*[503] * 4)
     with pytest.raises(SwiftConfigError, match="failed to authenticate: 503"):
         open_job_store("swift", new_job_id(), auth_url=faulty_proxy.url + "/auth/v1.0",

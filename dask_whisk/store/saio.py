@@ -267,6 +267,7 @@ def _port_free(port: int) -> bool:
 
 
 def free_port() -> int:
+    """A loopback TCP port free right now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -20,7 +20,7 @@ import urllib.parse
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from . import Buffer, JobStore, ObjectMissing, StoreError, job_age_seconds
+from . import JOB_PREFIX, Buffer, JobStore, ObjectMissing, StoreError, job_age_seconds
 from .swift_settings import SwiftConfigError, SwiftSettings, resolve_settings, scrub_url
 from .swift_worker import (MANIFEST_TYPE, SEGMENTS_DIR, SwiftWorkerStore, byte_slices, byte_views,
                            check_name, parse_manifest)
@@ -416,8 +416,6 @@ def open_job_store(job_id: str, **options: Any) -> SwiftJobStore:
 
 def job_namespaces(settings: SwiftSettings) -> list[str]:
     """Job ids that have a namespace in Swift: per-job containers, or prefixes of the container."""
-    from . import JOB_PREFIX
-
     probe = SwiftJobStore(f"{JOB_PREFIX}listing", settings, create=False)
     try:
         conn = probe._conn()
