@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from _server_fixtures import ROOMY, RawWhisk, server_factory  # noqa: F401 (fixtures)
 from dask_whisk.server.main import add_arguments, settings_from_args
@@ -137,8 +138,8 @@ def _runtime_children(pid: int) -> set[int]:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                stat = open(f"/proc/{entry}/stat").read()
-                cmdline = open(f"/proc/{entry}/cmdline", "rb").read()
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
             except OSError:
                 continue
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"runtime.py" in cmdline:
