@@ -313,26 +313,19 @@ def test_a_tampered_stored_object_is_refused_not_unpickled(swift_env, local_stor
     assert seen, "the intermediate was not found in Swift"
 
 
-@pytest.fixture(scope="module")
-def tight_server():
-    """A configured OpenWhisk with no worker action yet."""
-    with start_server_process(ServerSettings(port=0, **ROOMY)) as server:
-        yield server
-
-
 @pytest.fixture
-def tight_whisk(tight_server):
-    """That OpenWhisk in use, with whisk_get deploying its worker action at 2 s and 256 MB."""
-    with dask.config.set({"whisk.action-timeout": 2000, "whisk.action-memory": 256,
-                          "whisk.apihost": tight_server.url, "whisk.auth": tight_server.auth}):
-        yield tight_server
+def tight_whisk():
+    """A second worker action on the embedded server that whisk_get deploys at 3 s and 256 MB."""
+    with dask.config.set({"whisk.action": "dask-whisk-tight", "whisk.action-timeout": 3000,
+                          "whisk.action-memory": 256}):
+        yield
 
 
 def test_an_activation_over_its_time_limit_fails_with_the_fix(tight_whisk, local_store_root):
     import time
 
-    slow = dask.delayed(time.sleep)(4)
-    with pytest.raises(ActivationError, match="exceeded its time limits of 2000 milliseconds") as info:
+    slow = dask.delayed(time.sleep)(8)
+    with pytest.raises(ActivationError, match="exceeded its time limits of 3000 milliseconds") as info:
         slow.compute(scheduler=whisk_get)
     assert "dask-whisk deploy --memory MB --timeout MS" in str(info.value)
     assert not list(local_store_root.iterdir())
