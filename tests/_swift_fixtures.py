@@ -31,7 +31,7 @@ __all__ = ["SwiftEnv", "FaultyProxy", "KeystoneEnv", "swift_env", "faulty_proxy"
            "short_token_swift", "keystone_swift", "swift_job", "SHORT_TOKEN_LIFE"]
 
 #: seconds a token of ``short_token_swift`` stays valid
-SHORT_TOKEN_LIFE = 3
+SHORT_TOKEN_LIFE = 5  # long enough for a loaded 2-core machine to finish an activation
 
 
 @contextlib.contextmanager

@@ -81,7 +81,7 @@ def test_a_job_outlives_several_tokens_in_token_mode(short_token_swift):
     """Every unit sleeps; the job lasts several token lifetimes, and each worker reads and
     writes through Swift with the token it was handed."""
     def step(a, i):
-        time.sleep(0.5)
+        time.sleep(0.8)  # ten steps outlast 1.5 token lifetimes
         return a + i
 
     x = np.ones(20_000)  # 160 kB: over the inline limit, so values travel through Swift
