@@ -28,10 +28,14 @@ from aiohttp import web
 from dask_whisk.store import new_job_id, open_job_store, saio
 
 __all__ = ["SwiftEnv", "FaultyProxy", "KeystoneEnv", "swift_env", "faulty_proxy",
-           "short_token_swift", "keystone_swift", "swift_job", "SHORT_TOKEN_LIFE"]
+           "short_token_swift", "job_token_swift", "keystone_swift", "swift_job",
+           "SHORT_TOKEN_LIFE", "JOB_TOKEN_LIFE"]
 
 #: seconds a token of ``short_token_swift`` stays valid
-SHORT_TOKEN_LIFE = 5  # long enough for a loaded 2-core machine to finish an activation
+SHORT_TOKEN_LIFE = 3
+#: seconds a token of ``job_token_swift`` stays valid: room for a loaded machine's cold start,
+#: queueing and run between handing a token to an activation and its last write
+JOB_TOKEN_LIFE = 8
 
 
 @contextlib.contextmanager
@@ -84,6 +88,13 @@ def _saio(**options) -> Iterator[SwiftEnv]:
 def short_token_swift() -> Iterator[SwiftEnv]:
     """A swift-saio of its own whose tokens expire after SHORT_TOKEN_LIFE seconds."""
     with _saio(token_life=SHORT_TOKEN_LIFE) as env:
+        yield env
+
+
+@pytest.fixture(scope="module")
+def job_token_swift() -> Iterator[SwiftEnv]:
+    """A swift-saio of its own whose tokens expire after JOB_TOKEN_LIFE seconds."""
+    with _saio(token_life=JOB_TOKEN_LIFE) as env:
         yield env
 
 
