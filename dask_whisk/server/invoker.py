@@ -51,7 +51,7 @@ def timeout_message(timeout_ms: int, init: bool) -> str:
             + (" during initialization." if init else "."))
 
 
-def _gone(gone: "ContainerGone", timeout_ms: int, init: bool) -> tuple[int, dict, bool]:
+def _gone(gone: ContainerGone, timeout_ms: int, init: bool) -> tuple[int, dict, bool]:
     """(status, result, timed out) of a container that died during /init or /run."""
     if gone.reason == "timeout":
         return DEVELOPER_ERROR, {"error": timeout_message(timeout_ms, init=init)}, True
