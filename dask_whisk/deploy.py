@@ -192,7 +192,7 @@ async def deploy_worker_action(client: Any, name: str = DEFAULT_ACTION, *, local
         ) from None
     what = "image " + image if image else ("small zip" if not with_dependencies else "zip with virtualenv")
     log(f"deployed the worker action {name} to {client.config.apihost} ({kind}, {what}, "
-        f"{len(code) / 1e6:.1f} MB, memory {memory} MB, timeout {timeout} ms)")
+        f"{len(code) / 1e3:,.0f} kB, memory {memory} MB, timeout {timeout} ms)")
     return action
 
 
