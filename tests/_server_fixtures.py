@@ -4,6 +4,7 @@ The lead's conftest imports these with ``from _server_fixtures import *``.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import os
@@ -14,7 +15,7 @@ import pytest
 
 from dask_whisk.server import ServerProcess, ServerSettings, start_server_process
 
-__all__ = ["server_process", "server_factory", "server_npm_dir", "RawWhisk", "ROOMY"]
+__all__ = ["server_process", "server_factory", "server_npm_dir", "RawWhisk", "run_raw", "ROOMY"]
 
 #: research-style limits, so only tests that want a throttle meet one
 ROOMY = dict(invocations_per_minute=1_000_000, concurrent_invocations=10_000, user_memory_mb=4096)
@@ -90,3 +91,12 @@ class RawWhisk:
         """Blocking invoke: (status, body, headers)."""
         q = {"blocking": "true", **{k: str(v).lower() for k, v in query.items()}}
         return await self.request("POST", f"actions/{name}", params or {}, params=q)
+
+
+def run_raw(server: ServerProcess, scenario):
+    """Run ``await scenario(ow)`` with a RawWhisk session on ``server``; return its result."""
+    async def run():
+        async with RawWhisk(server.url, server.auth) as ow:
+            return await scenario(ow)
+
+    return asyncio.run(run())

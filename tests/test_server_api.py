@@ -7,7 +7,7 @@ import sys
 import time
 import uuid
 
-from _server_fixtures import RawWhisk, server_factory, server_process  # noqa: F401 (fixtures)
+from _server_fixtures import RawWhisk, run_raw, server_factory, server_process  # noqa: F401 (fixtures)
 from dask_whisk.server import GUEST_AUTH
 
 LOG_LINE = re.compile(r"\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z (stdout|stderr): ")
@@ -61,172 +61,166 @@ def test_root_api_paths_and_auth(server_process):
 def test_action_create_get_update_list_delete(server_process):
     name = unique("crud")
 
-    async def body():
-        async with RawWhisk(server_process.url, server_process.auth) as ow:
-            put = {"exec": {"kind": "python:default", "code": ECHO}, "limits": {"timeout": 5000},
-                   "parameters": [{"key": "p", "value": 1}]}
-            status, created, _ = await ow.request("PUT", f"actions/{name}", put)
-            assert status == 200 and created["version"] == "0.0.1"
-            assert created["exec"] == {"kind": KIND, "code": ECHO, "binary": False}
-            assert created["limits"] == {"timeout": 5000, "memory": 256, "logs": 10, "concurrency": 1}
-            assert {"key": "provide-api-key", "value": False} in created["annotations"]
-            assert {"key": "exec", "value": KIND} in created["annotations"]
-            status, error, _ = await ow.request("PUT", f"actions/{name}", put)
-            assert (status, error["error"]) == (409, "resource already exists")
-            status, updated, _ = await ow.request("PUT", f"actions/{name}", {"limits": {"memory": 128}},
-                                                  params={"overwrite": "true"})
-            assert updated["version"] == "0.0.2" and updated["exec"]["code"] == ECHO
-            assert updated["limits"] == {"timeout": 5000, "memory": 128, "logs": 10, "concurrency": 1}
-            assert updated["parameters"] == [{"key": "p", "value": 1}]
-            status, without_code, _ = await ow.request("GET", f"actions/{name}", params={"code": "false"})
-            assert "code" not in without_code["exec"]
-            status, with_code, _ = await ow.request("GET", f"actions/{name}")
-            assert with_code["exec"]["code"] == ECHO
-            status, listed, _ = await ow.request("GET", "actions", params={"limit": "200"})
-            summary = next(a for a in listed if a["name"] == name)
-            assert set(summary) == {"namespace", "name", "version", "publish", "annotations",
-                                    "updated", "limits", "exec"}  # OpenWhisk's summary view
-            assert summary["exec"] == {"binary": False}
-            status, result, _ = await ow.invoke(name, {"q": 2}, result=True)
-            assert (status, result) == (200, {"args": {"p": 1, "q": 2}})
-            status, _, _ = await ow.request("DELETE", f"actions/{name}")
-            assert status == 200
-            status, _, _ = await ow.request("POST", f"actions/{name}", {})
-            assert status == 404
+    async def scenario(ow):
+        put = {"exec": {"kind": "python:default", "code": ECHO}, "limits": {"timeout": 5000},
+               "parameters": [{"key": "p", "value": 1}]}
+        status, created, _ = await ow.request("PUT", f"actions/{name}", put)
+        assert status == 200 and created["version"] == "0.0.1"
+        assert created["exec"] == {"kind": KIND, "code": ECHO, "binary": False}
+        assert created["limits"] == {"timeout": 5000, "memory": 256, "logs": 10, "concurrency": 1}
+        assert {"key": "provide-api-key", "value": False} in created["annotations"]
+        assert {"key": "exec", "value": KIND} in created["annotations"]
+        status, error, _ = await ow.request("PUT", f"actions/{name}", put)
+        assert (status, error["error"]) == (409, "resource already exists")
+        status, updated, _ = await ow.request("PUT", f"actions/{name}", {"limits": {"memory": 128}},
+                                              params={"overwrite": "true"})
+        assert updated["version"] == "0.0.2" and updated["exec"]["code"] == ECHO
+        assert updated["limits"] == {"timeout": 5000, "memory": 128, "logs": 10, "concurrency": 1}
+        assert updated["parameters"] == [{"key": "p", "value": 1}]
+        status, without_code, _ = await ow.request("GET", f"actions/{name}", params={"code": "false"})
+        assert "code" not in without_code["exec"]
+        status, with_code, _ = await ow.request("GET", f"actions/{name}")
+        assert with_code["exec"]["code"] == ECHO
+        status, listed, _ = await ow.request("GET", "actions", params={"limit": "200"})
+        summary = next(a for a in listed if a["name"] == name)
+        assert set(summary) == {"namespace", "name", "version", "publish", "annotations",
+                                "updated", "limits", "exec"}  # OpenWhisk's summary view
+        assert summary["exec"] == {"binary": False}
+        status, result, _ = await ow.invoke(name, {"q": 2}, result=True)
+        assert (status, result) == (200, {"args": {"p": 1, "q": 2}})
+        status, _, _ = await ow.request("DELETE", f"actions/{name}")
+        assert status == 200
+        status, _, _ = await ow.request("POST", f"actions/{name}", {})
+        assert status == 404
 
-    asyncio.run(body())
+    run_raw(server_process, scenario)
 
 
 def test_put_validation_messages(server_process):
     name = unique("bad")
 
-    async def body():
-        async with RawWhisk(server_process.url, server_process.auth) as ow:
-            async def put(payload):
-                return await ow.request("PUT", f"actions/{name}", payload, params={"overwrite": "true"})
+    async def scenario(ow):
+        async def put(payload):
+            return await ow.request("PUT", f"actions/{name}", payload, params={"overwrite": "true"})
 
-            code = {"kind": KIND, "code": ECHO}
-            status, error, _ = await put({"exec": code, "limits": {"memory": 1024}})
-            assert status == 400 and error["error"].endswith(
-                "requirement failed: memory 1024 MB exceeds allowed threshold of 512 MB")
-            status, error, _ = await put({"exec": code, "limits": {"timeout": 50}})
-            assert status == 400 and error["error"].endswith(
-                "requirement failed: duration 50 milliseconds below allowed threshold of 100 milliseconds")
-            status, error, _ = await put({"exec": code, "limits": {"concurrency": 2}})
-            assert status == 400
-            status, error, _ = await put({"exec": {"kind": "nodejs:20", "code": "x"}})
-            assert status == 400 and error["error"].startswith(
-                "The request content was malformed:\nThe specified runtime 'nodejs:20' is not "
-                "supported by this platform. Valid values are: '")
-            assert f"'{KIND}'" in error["error"] and error["error"].endswith("'.")
-            status, error, _ = await put({"exec": {"kind": "python:3.5", "code": ECHO}})
-            assert status == 400 and "runtime 'python:3.5' is not supported" in error["error"]
-            status, error, _ = await ow.request("PUT", "actions/bad$name", {"exec": code})
-            assert status == 400
-            status, error, _ = await ow.request("PUT", f"actions/{name}", data=b"{}",
-                                                headers={"Content-Type": "text/plain"})
-            assert status == 415
-            status, error, _ = await ow.request("PUT", f"actions/{name}", {})
-            assert (status, error["error"]) == (400, "exec undefined")
+        code = {"kind": KIND, "code": ECHO}
+        status, error, _ = await put({"exec": code, "limits": {"memory": 1024}})
+        assert status == 400 and error["error"].endswith(
+            "requirement failed: memory 1024 MB exceeds allowed threshold of 512 MB")
+        status, error, _ = await put({"exec": code, "limits": {"timeout": 50}})
+        assert status == 400 and error["error"].endswith(
+            "requirement failed: duration 50 milliseconds below allowed threshold of 100 milliseconds")
+        status, error, _ = await put({"exec": code, "limits": {"concurrency": 2}})
+        assert status == 400
+        status, error, _ = await put({"exec": {"kind": "nodejs:20", "code": "x"}})
+        assert status == 400 and error["error"].startswith(
+            "The request content was malformed:\nThe specified runtime 'nodejs:20' is not "
+            "supported by this platform. Valid values are: '")
+        assert f"'{KIND}'" in error["error"] and error["error"].endswith("'.")
+        status, error, _ = await put({"exec": {"kind": "python:3.5", "code": ECHO}})
+        assert status == 400 and "runtime 'python:3.5' is not supported" in error["error"]
+        status, error, _ = await ow.request("PUT", "actions/bad$name", {"exec": code})
+        assert status == 400
+        status, error, _ = await ow.request("PUT", f"actions/{name}", data=b"{}",
+                                            headers={"Content-Type": "text/plain"})
+        assert status == 415
+        status, error, _ = await ow.request("PUT", f"actions/{name}", {})
+        assert (status, error["error"]) == (400, "exec undefined")
 
-    asyncio.run(body())
+    run_raw(server_process, scenario)
 
 
 def test_code_size_limit(server_factory):
     handle = server_factory(max_code_bytes=1000)
 
-    async def body():
-        async with RawWhisk(handle.url, handle.auth) as ow:
-            code = ECHO + "#" * 1000
-            status, error, _ = await ow.request("PUT", "actions/big", {"exec": {"kind": KIND, "code": code}})
-            assert status == 413 and f"{len(code)} > 1000 bytes" in error["error"]
+    async def scenario(ow):
+        code = ECHO + "#" * 1000
+        status, error, _ = await ow.request("PUT", "actions/big", {"exec": {"kind": KIND, "code": code}})
+        assert status == 413 and f"{len(code)} > 1000 bytes" in error["error"]
 
-    asyncio.run(body())
+    run_raw(handle, scenario)
 
 
 def test_invoke_nonblocking_then_records_results_and_logs(server_process):
     name = unique("nb")
 
-    async def body():
-        async with RawWhisk(server_process.url, server_process.auth) as ow:
-            await ow.put_action(name, SLEEP)
-            status, accepted, headers = await ow.request("POST", f"actions/{name}", {"s": 0.6})
-            assert status == 202 and re.fullmatch(r"[0-9a-f]{32}", accepted["activationId"])
-            activation_id = accepted["activationId"]
-            assert headers["x-openwhisk-activation-id"] == activation_id
-            status, _, _ = await ow.request("GET", f"activations/{activation_id}")
-            assert status == 404  # written only when the activation finishes
-            deadline = time.monotonic() + 20
-            while status == 404 and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
-                status, record, _ = await ow.request("GET", f"activations/{activation_id}")
-            assert status == 200 and record["response"]["result"] == {"slept": 0.6}
-            assert record["response"]["status"] == "success" and record["response"]["success"] is True
-            assert record["duration"] == record["end"] - record["start"] >= 600
-            notes = annotations(record)
-            assert notes["path"] == f"guest/{name}" and notes["kind"] == KIND
-            assert notes["timeout"] is False and "initTime" in notes and "waitTime" in notes
-            status, result, _ = await ow.request("GET", f"activations/{activation_id}/result")
-            assert result == {"result": {"slept": 0.6}, "success": True, "status": "success",
-                              "size": len('{"slept": 0.6}')}
-            status, logs, _ = await ow.request("GET", f"activations/{activation_id}/logs")
-            assert logs == {"logs": []}
+    async def scenario(ow):
+        await ow.put_action(name, SLEEP)
+        status, accepted, headers = await ow.request("POST", f"actions/{name}", {"s": 0.6})
+        assert status == 202 and re.fullmatch(r"[0-9a-f]{32}", accepted["activationId"])
+        activation_id = accepted["activationId"]
+        assert headers["x-openwhisk-activation-id"] == activation_id
+        status, _, _ = await ow.request("GET", f"activations/{activation_id}")
+        assert status == 404  # written only when the activation finishes
+        deadline = time.monotonic() + 20
+        while status == 404 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            status, record, _ = await ow.request("GET", f"activations/{activation_id}")
+        assert status == 200 and record["response"]["result"] == {"slept": 0.6}
+        assert record["response"]["status"] == "success" and record["response"]["success"] is True
+        assert record["duration"] == record["end"] - record["start"] >= 600
+        notes = annotations(record)
+        assert notes["path"] == f"guest/{name}" and notes["kind"] == KIND
+        assert notes["timeout"] is False and "initTime" in notes and "waitTime" in notes
+        status, result, _ = await ow.request("GET", f"activations/{activation_id}/result")
+        assert result == {"result": {"slept": 0.6}, "success": True, "status": "success",
+                          "size": len('{"slept": 0.6}')}
+        status, logs, _ = await ow.request("GET", f"activations/{activation_id}/logs")
+        assert logs == {"logs": []}
 
-    asyncio.run(body())
+    run_raw(server_process, scenario)
 
 
 def test_blocking_invoke_outcomes(server_process):
     echo, failing, none, big = (unique(p) for p in ("echo", "fail", "none", "big"))
 
-    async def body():
-        async with RawWhisk(server_process.url, server_process.auth) as ow:
-            await ow.put_action(echo, ECHO)
-            await ow.put_action(failing, "def main(args):\n    raise ValueError('bad input ' + str(args['x']))\n")
-            await ow.put_action(none, "def main(args):\n    return None\n")
-            await ow.put_action(big, "def main(args):\n    return {'s': 'x' * 2_000_000}\n")
-            status, record, headers = await ow.invoke(echo, {"a": 1})
-            assert status == 200 and record["response"]["result"] == {"args": {"a": 1}}
-            assert headers["x-openwhisk-activation-id"] == record["activationId"]
-            assert len(record["logs"]) == 1 and LOG_LINE.match(record["logs"][0])
-            assert record["logs"][0].endswith("stdout: echo ['a']")
-            status, record, _ = await ow.invoke(failing, {"x": 7})
-            assert status == 502 and record["response"]["status"] == "application error"
-            assert record["response"]["result"] == {"error": "bad input 7"}
-            assert any("Traceback" in line and "stderr" in line for line in record["logs"])
-            status, result, _ = await ow.invoke(failing, {"x": 8}, result=True)
-            assert (status, result) == (502, {"error": "bad input 8"})
-            assert "initTime" not in annotations((await ow.invoke(failing, {"x": 9}))[1])  # kept warm
-            status, record, _ = await ow.invoke(none)
-            assert status == 502 and record["response"]["status"] == "action developer error"
-            assert record["response"]["result"]["error"].startswith(
-                "The action did not produce a valid JSON or JSON Array response")
-            status, record, _ = await ow.invoke(big)
-            assert status == 502 and record["response"]["status"] == "application error"
-            assert record["response"]["result"]["error"].startswith(
-                "The action produced a response that exceeded the allowed length: ")
-            assert "> 1048576 bytes." in record["response"]["result"]["error"]
-            status, error, _ = await ow.request("POST", f"actions/{echo}", data=b"{" + b" " * 1048576 + b"}",
-                                                headers={"Content-Type": "application/json"})
-            assert status == 413 and error["error"] == "Request larger than allowed: 1048578 > 1048576 bytes."
-            status, error, _ = await ow.invoke(echo, timeout=70000)
-            assert status == 400
-            status, error, _ = await ow.request("POST", f"actions/{echo}", [1, 2])
-            assert status == 400
+    async def scenario(ow):
+        await ow.put_action(echo, ECHO)
+        await ow.put_action(failing, "def main(args):\n    raise ValueError('bad input ' + str(args['x']))\n")
+        await ow.put_action(none, "def main(args):\n    return None\n")
+        await ow.put_action(big, "def main(args):\n    return {'s': 'x' * 2_000_000}\n")
+        status, record, headers = await ow.invoke(echo, {"a": 1})
+        assert status == 200 and record["response"]["result"] == {"args": {"a": 1}}
+        assert headers["x-openwhisk-activation-id"] == record["activationId"]
+        assert len(record["logs"]) == 1 and LOG_LINE.match(record["logs"][0])
+        assert record["logs"][0].endswith("stdout: echo ['a']")
+        status, record, _ = await ow.invoke(failing, {"x": 7})
+        assert status == 502 and record["response"]["status"] == "application error"
+        assert record["response"]["result"] == {"error": "bad input 7"}
+        assert any("Traceback" in line and "stderr" in line for line in record["logs"])
+        status, result, _ = await ow.invoke(failing, {"x": 8}, result=True)
+        assert (status, result) == (502, {"error": "bad input 8"})
+        assert "initTime" not in annotations((await ow.invoke(failing, {"x": 9}))[1])  # kept warm
+        status, record, _ = await ow.invoke(none)
+        assert status == 502 and record["response"]["status"] == "action developer error"
+        assert record["response"]["result"]["error"].startswith(
+            "The action did not produce a valid JSON or JSON Array response")
+        status, record, _ = await ow.invoke(big)
+        assert status == 502 and record["response"]["status"] == "application error"
+        assert record["response"]["result"]["error"].startswith(
+            "The action produced a response that exceeded the allowed length: ")
+        assert "> 1048576 bytes." in record["response"]["result"]["error"]
+        status, error, _ = await ow.request("POST", f"actions/{echo}", data=b"{" + b" " * 1048576 + b"}",
+                                            headers={"Content-Type": "application/json"})
+        assert status == 413 and error["error"] == "Request larger than allowed: 1048578 > 1048576 bytes."
+        status, error, _ = await ow.invoke(echo, timeout=70000)
+        assert status == 400
+        status, error, _ = await ow.request("POST", f"actions/{echo}", [1, 2])
+        assert status == 400
 
-    asyncio.run(body())
+    run_raw(server_process, scenario)
 
 
 def test_blocking_wait_ends_with_202(server_process):
     name = unique("wait")
 
-    async def body():
-        async with RawWhisk(server_process.url, server_process.auth) as ow:
-            await ow.put_action(name, SLEEP)
-            started = time.monotonic()
-            status, accepted, _ = await ow.invoke(name, {"s": 2}, timeout=300)
-            assert status == 202 and "activationId" in accepted and time.monotonic() - started < 1.5
+    async def scenario(ow):
+        await ow.put_action(name, SLEEP)
+        started = time.monotonic()
+        status, accepted, _ = await ow.invoke(name, {"s": 2}, timeout=300)
+        assert status == 202 and "activationId" in accepted and time.monotonic() - started < 1.5
 
-    asyncio.run(body())
+    run_raw(server_process, scenario)
 
 
 def test_environment_and_isolation(server_process):
@@ -237,72 +231,69 @@ def test_environment_and_isolation(server_process):
             "    return {'env': {k: v for k, v in os.environ.items()}, 'cwd': os.getcwd(),\n"
             "            'tmp': tempfile.gettempdir()}\n")
 
-    async def body():
-        async with RawWhisk(server_process.url, server_process.auth) as ow:
-            await ow.put_action(plain, code)
-            await ow.put_action(keyed, code, annotations=[{"key": "provide-api-key", "value": True}])
-            status, record, headers = await ow.invoke(plain)
-            first = record["response"]["result"]
-            env = first["env"]
-            assert env["__OW_API_HOST"] == server_process.url
-            assert env["__OW_NAMESPACE"] == "guest" and env["__OW_ACTION_NAME"] == f"/guest/{plain}"
-            assert env["__OW_ACTION_VERSION"] == "0.0.1"
-            assert env["__OW_ACTIVATION_ID"] == record["activationId"]
-            assert env["__OW_TRANSACTION_ID"] == headers["X-Request-ID"]
-            assert int(env["__OW_DEADLINE"]) - record["start"] in range(59_000, 61_000)
-            assert "__OW_API_KEY" not in env
-            assert "DASK_WHISK_SERVER_AUTH" not in env and GUEST_AUTH not in str(env)
-            assert first["tmp"].startswith(first["cwd"])
-            status, record, _ = await ow.invoke(keyed)
-            second = record["response"]["result"]
-            assert second["env"]["__OW_API_KEY"] == server_process.auth
-            assert second["cwd"] != first["cwd"]  # each container has its own directory
+    async def scenario(ow):
+        await ow.put_action(plain, code)
+        await ow.put_action(keyed, code, annotations=[{"key": "provide-api-key", "value": True}])
+        status, record, headers = await ow.invoke(plain)
+        first = record["response"]["result"]
+        env = first["env"]
+        assert env["__OW_API_HOST"] == server_process.url
+        assert env["__OW_NAMESPACE"] == "guest" and env["__OW_ACTION_NAME"] == f"/guest/{plain}"
+        assert env["__OW_ACTION_VERSION"] == "0.0.1"
+        assert env["__OW_ACTIVATION_ID"] == record["activationId"]
+        assert env["__OW_TRANSACTION_ID"] == headers["X-Request-ID"]
+        assert int(env["__OW_DEADLINE"]) - record["start"] in range(59_000, 61_000)
+        assert "__OW_API_KEY" not in env
+        assert "DASK_WHISK_SERVER_AUTH" not in env and GUEST_AUTH not in str(env)
+        assert first["tmp"].startswith(first["cwd"])
+        status, record, _ = await ow.invoke(keyed)
+        second = record["response"]["result"]
+        assert second["env"]["__OW_API_KEY"] == server_process.auth
+        assert second["cwd"] != first["cwd"]  # each container has its own directory
 
-    asyncio.run(body())
+    run_raw(server_process, scenario)
 
 
 def test_warm_reuse_and_new_version_is_cold(server_process):
     name = unique("warm")
 
-    async def body():
-        async with RawWhisk(server_process.url, server_process.auth) as ow:
-            await ow.put_action(name, ECHO)
-            first = (await ow.invoke(name))[1]
-            second = (await ow.invoke(name))[1]
-            assert "initTime" in annotations(first) and "initTime" not in annotations(second)
-            await ow.put_action(name, ECHO + "\n")
-            third = (await ow.invoke(name))[1]
-            assert third["version"] == "0.0.2" and "initTime" in annotations(third)
+    async def scenario(ow):
+        await ow.put_action(name, ECHO)
+        first = (await ow.invoke(name))[1]
+        second = (await ow.invoke(name))[1]
+        assert "initTime" in annotations(first) and "initTime" not in annotations(second)
+        await ow.put_action(name, ECHO + "\n")
+        third = (await ow.invoke(name))[1]
+        assert third["version"] == "0.0.2" and "initTime" in annotations(third)
 
-    asyncio.run(body())
+    run_raw(server_process, scenario)
 
 
 def test_timeout_and_memory_limits(server_process):
     slow, hungry, crasher = unique("slow"), unique("oom"), unique("crash")
 
-    async def body():
-        async with RawWhisk(server_process.url, server_process.auth) as ow:
-            await ow.put_action(slow, SLEEP, limits={"timeout": 500})
-            status, record, _ = await ow.invoke(slow, {"s": 5})
-            assert status == 502 and record["response"]["status"] == "action developer error"
-            assert record["response"]["result"] == {
-                "error": "The action exceeded its time limits of 500 milliseconds."}
-            assert annotations(record)["timeout"] is True and record["duration"] < 2000
-            status, record, _ = await ow.invoke(slow, {"s": 0})
-            assert status == 200 and "initTime" in annotations(record)  # the container was destroyed
-            await ow.put_action(hungry, "def main(args):\n    b = bytearray(400 * 1024 * 1024)\n"
-                                        "    import time; time.sleep(3)\n    return {'n': len(b)}\n",
-                                limits={"memory": 128})
-            status, record, _ = await ow.invoke(hungry)
-            assert status == 502 and record["response"] == {
-                "status": "action developer error", "success": False, "size": 61,
-                "result": {"error": "The action exhausted its memory and was aborted."}}
-            await ow.put_action(crasher, "import os\ndef main(args):\n    os._exit(3)\n")
-            status, record, _ = await ow.invoke(crasher)
-            assert record["response"]["result"] == {
-                "error": "The action did not produce a valid response and exited unexpectedly."}
+    async def scenario(ow):
+        await ow.put_action(slow, SLEEP, limits={"timeout": 500})
+        status, record, _ = await ow.invoke(slow, {"s": 5})
+        assert status == 502 and record["response"]["status"] == "action developer error"
+        assert record["response"]["result"] == {
+            "error": "The action exceeded its time limits of 500 milliseconds."}
+        assert annotations(record)["timeout"] is True and record["duration"] < 2000
+        status, record, _ = await ow.invoke(slow, {"s": 0})
+        assert status == 200 and "initTime" in annotations(record)  # the container was destroyed
+        await ow.put_action(hungry, "def main(args):\n    b = bytearray(400 * 1024 * 1024)\n"
+                                    "    import time; time.sleep(3)\n    return {'n': len(b)}\n",
+                            limits={"memory": 128})
+        status, record, _ = await ow.invoke(hungry)
+        assert status == 502 and record["response"] == {
+            "status": "action developer error", "success": False, "size": 61,
+            "result": {"error": "The action exhausted its memory and was aborted."}}
+        await ow.put_action(crasher, "import os\ndef main(args):\n    os._exit(3)\n")
+        status, record, _ = await ow.invoke(crasher)
+        assert record["response"]["result"] == {
+            "error": "The action did not produce a valid response and exited unexpectedly."}
 
-    asyncio.run(body())
+    run_raw(server_process, scenario)
 
 
 def test_zip_action_with_vendored_package_and_failed_init(server_process, tmp_path):
@@ -319,39 +310,37 @@ def test_zip_action_with_vendored_package_and_failed_init(server_process, tmp_pa
 
     name, broken = unique("zip"), unique("zipbad")
 
-    async def body():
-        async with RawWhisk(server_process.url, server_process.auth) as ow:
-            code = zipped({"__main__.py": "import vendored\ndef go(args):\n    return {'v': vendored.VALUE}\n",
-                           "vendored/__init__.py": "VALUE = 42\n"})
-            action = await ow.put_action(name, code, main="go")
-            assert action["exec"]["binary"] is True and action["exec"]["main"] == "go"
-            status, result, _ = await ow.invoke(name, result=True)
-            assert (status, result) == (200, {"v": 42})
-            await ow.put_action(broken, zipped({"other.py": "x = 1\n"}))
-            status, record, _ = await ow.invoke(broken)
-            assert status == 502 and record["response"]["status"] == "action developer error"
-            assert "__main__.py" in record["response"]["result"]["error"]
+    async def scenario(ow):
+        code = zipped({"__main__.py": "import vendored\ndef go(args):\n    return {'v': vendored.VALUE}\n",
+                       "vendored/__init__.py": "VALUE = 42\n"})
+        action = await ow.put_action(name, code, main="go")
+        assert action["exec"]["binary"] is True and action["exec"]["main"] == "go"
+        status, result, _ = await ow.invoke(name, result=True)
+        assert (status, result) == (200, {"v": 42})
+        await ow.put_action(broken, zipped({"other.py": "x = 1\n"}))
+        status, record, _ = await ow.invoke(broken)
+        assert status == 502 and record["response"]["status"] == "action developer error"
+        assert "__main__.py" in record["response"]["result"]["error"]
 
-    asyncio.run(body())
+    run_raw(server_process, scenario)
 
 
 def test_activation_list_newest_first_and_filters(server_process):
     name = unique("list")
 
-    async def body():
-        async with RawWhisk(server_process.url, server_process.auth) as ow:
-            await ow.put_action(name, ECHO)
-            ids = [(await ow.invoke(name, {"i": i}))[1]["activationId"] for i in range(4)]
-            status, listed, _ = await ow.request("GET", "activations", params={"name": name})
-            assert [r["activationId"] for r in listed] == ids[::-1]
-            assert set(listed[0]) == {"namespace", "name", "version", "publish", "annotations",
-                                      "activationId", "start", "end", "duration", "statusCode"}
-            assert listed[0]["statusCode"] == 0
-            status, page, _ = await ow.request("GET", "activations",
-                                               params={"name": name, "limit": "2", "skip": "1", "docs": "true"})
-            assert [r["activationId"] for r in page] == ids[2:0:-1]
-            assert page[0]["response"]["result"] == {"args": {"i": 2}}
-            status, error, _ = await ow.request("GET", "activations", params={"limit": "201"})
-            assert status == 400
+    async def scenario(ow):
+        await ow.put_action(name, ECHO)
+        ids = [(await ow.invoke(name, {"i": i}))[1]["activationId"] for i in range(4)]
+        status, listed, _ = await ow.request("GET", "activations", params={"name": name})
+        assert [r["activationId"] for r in listed] == ids[::-1]
+        assert set(listed[0]) == {"namespace", "name", "version", "publish", "annotations",
+                                  "activationId", "start", "end", "duration", "statusCode"}
+        assert listed[0]["statusCode"] == 0
+        status, page, _ = await ow.request("GET", "activations",
+                                           params={"name": name, "limit": "2", "skip": "1", "docs": "true"})
+        assert [r["activationId"] for r in page] == ids[2:0:-1]
+        assert page[0]["response"]["result"] == {"args": {"i": 2}}
+        status, error, _ = await ow.request("GET", "activations", params={"limit": "201"})
+        assert status == 400
 
-    asyncio.run(body())
+    run_raw(server_process, scenario)

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from _server_fixtures import ROOMY, RawWhisk, server_factory  # noqa: F401 (fixtures)
+from _server_fixtures import ROOMY, RawWhisk, run_raw, server_factory  # noqa: F401 (fixtures)
 from dask_whisk.server.main import add_arguments, settings_from_args
 from dask_whisk.server.settings import FaultSettings, ServerSettings
 
@@ -25,47 +25,45 @@ def wait_for_fresh_minute(margin: float = 3.0) -> None:
 def test_invocations_per_minute_429(server_factory):
     handle = server_factory(invocations_per_minute=3)
 
-    async def body():
-        async with RawWhisk(handle.url, handle.auth) as ow:
-            await ow.put_action("echo", "def main(a):\n    return a\n")
-            wait_for_fresh_minute()
-            statuses = [(await ow.invoke("echo"))[0] for _ in range(3)]
-            status, error, headers = await ow.invoke("echo")
-            assert statuses == [200, 200, 200] and status == 429
-            assert error["error"] == "Too many requests in the last minute (count: 4, allowed: 3)."
-            assert "Retry-After" not in headers
+    async def scenario(ow):
+        await ow.put_action("echo", "def main(a):\n    return a\n")
+        wait_for_fresh_minute()
+        statuses = [(await ow.invoke("echo"))[0] for _ in range(3)]
+        status, error, headers = await ow.invoke("echo")
+        assert statuses == [200, 200, 200] and status == 429
+        assert error["error"] == "Too many requests in the last minute (count: 4, allowed: 3)."
+        assert "Retry-After" not in headers
 
-    asyncio.run(body())
+    run_raw(handle, scenario)
 
 
 def test_concurrent_invocations_429_and_pool_wait(server_factory):
     handle = server_factory(invocations_per_minute=1000, concurrent_invocations=3, user_memory_mb=256)
 
-    async def body():
-        async with RawWhisk(handle.url, handle.auth) as ow:
-            await ow.put_action("sleep", SLEEP, limits={"memory": 128})
-            ids = []
-            for _ in range(3):
-                status, accepted, _ = await ow.request("POST", "actions/sleep", {"s": 0.7})
-                assert status == 202
-                ids.append(accepted["activationId"])
-            status, error, _ = await ow.request("POST", "actions/sleep", {"s": 0.7})
-            assert (status, error["error"]) == (
-                429, "Too many concurrent requests in flight (count: 3, allowed: 3).")
-            records = []
-            for activation_id in ids:
-                status = 404
-                while status == 404:
-                    await asyncio.sleep(0.1)
-                    status, record, _ = await ow.request("GET", f"activations/{activation_id}")
-                records.append(record)
-            waits = sorted(next(a["value"] for a in r["annotations"] if a["key"] == "waitTime")
-                           for r in records)
-            assert waits[0] < 300 and waits[2] >= 500  # two containers of 128 MB fit in 256 MB
-            status, _, _ = await ow.request("POST", "actions/sleep", {"s": 0})
-            assert status == 202  # slots are free again
+    async def scenario(ow):
+        await ow.put_action("sleep", SLEEP, limits={"memory": 128})
+        ids = []
+        for _ in range(3):
+            status, accepted, _ = await ow.request("POST", "actions/sleep", {"s": 0.7})
+            assert status == 202
+            ids.append(accepted["activationId"])
+        status, error, _ = await ow.request("POST", "actions/sleep", {"s": 0.7})
+        assert (status, error["error"]) == (
+            429, "Too many concurrent requests in flight (count: 3, allowed: 3).")
+        records = []
+        for activation_id in ids:
+            status = 404
+            while status == 404:
+                await asyncio.sleep(0.1)
+                status, record, _ = await ow.request("GET", f"activations/{activation_id}")
+            records.append(record)
+        waits = sorted(next(a["value"] for a in r["annotations"] if a["key"] == "waitTime")
+                       for r in records)
+        assert waits[0] < 300 and waits[2] >= 500  # two containers of 128 MB fit in 256 MB
+        status, _, _ = await ow.request("POST", "actions/sleep", {"s": 0})
+        assert status == 202  # slots are free again
 
-    asyncio.run(body())
+    run_raw(handle, scenario)
 
 
 def test_fault_mode_statuses_and_rejections(server_factory):
@@ -93,16 +91,15 @@ def test_fault_mode_statuses_and_rejections(server_factory):
 def test_fault_mode_hang_and_latency(server_factory):
     handle = server_factory(faults=FaultSettings(hang_rate=1.0, latency_ms=300), **ROOMY)
 
-    async def body():
-        async with RawWhisk(handle.url, handle.auth) as ow:
-            await ow.put_action("echo", "def main(a):\n    return a\n", limits={"timeout": 400})
-            started = time.monotonic()
-            status, record, _ = await ow.invoke("echo")
-            assert time.monotonic() - started >= 0.7
-            assert status == 502 and record["response"]["result"] == {
-                "error": "The action exceeded its time limits of 400 milliseconds."}
+    async def scenario(ow):
+        await ow.put_action("echo", "def main(a):\n    return a\n", limits={"timeout": 400})
+        started = time.monotonic()
+        status, record, _ = await ow.invoke("echo")
+        assert time.monotonic() - started >= 0.7
+        assert status == 502 and record["response"]["result"] == {
+            "error": "The action exceeded its time limits of 400 milliseconds."}
 
-    asyncio.run(body())
+    run_raw(handle, scenario)
 
 
 def test_settings_round_trip_through_the_command_line():
@@ -150,20 +147,19 @@ def _runtime_children(pid: int) -> set[int]:
 def test_idle_removal_log_limit_and_no_leaked_processes(server_factory):
     handle = server_factory(idle_container_seconds=0.5, **ROOMY)
 
-    async def body():
-        async with RawWhisk(handle.url, handle.auth) as ow:
-            await ow.put_action("chatty", "def main(a):\n    print('x' * 100)\n    return {}\n",
-                                limits={"logs": 0})
-            status, record, _ = await ow.invoke("chatty")
-            assert status == 200 and record["logs"][0].endswith(
-                "Logs were truncated because the total bytes size exceeds the limit of 0 bytes.")
-            assert len(_runtime_children(handle.process.pid)) == 1
-            await asyncio.sleep(2)
-            assert _runtime_children(handle.process.pid) == set()  # removed after its idle time
-            status, record, _ = await ow.invoke("chatty")
-            assert any(a["key"] == "initTime" for a in record["annotations"])
+    async def scenario(ow):
+        await ow.put_action("chatty", "def main(a):\n    print('x' * 100)\n    return {}\n",
+                            limits={"logs": 0})
+        status, record, _ = await ow.invoke("chatty")
+        assert status == 200 and record["logs"][0].endswith(
+            "Logs were truncated because the total bytes size exceeds the limit of 0 bytes.")
+        assert len(_runtime_children(handle.process.pid)) == 1
+        await asyncio.sleep(2)
+        assert _runtime_children(handle.process.pid) == set()  # removed after its idle time
+        status, record, _ = await ow.invoke("chatty")
+        assert any(a["key"] == "initTime" for a in record["annotations"])
 
-    asyncio.run(body())
+    run_raw(handle, scenario)
     children = _runtime_children(handle.process.pid)
     assert len(children) == 1
     handle.process.kill()  # even a killed server leaves no container behind

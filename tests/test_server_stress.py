@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from _server_fixtures import RawWhisk, server_process  # noqa: F401 (fixtures)
+from _server_fixtures import run_raw, server_process  # noqa: F401 (fixtures)
 
 WORK = "import time\ndef main(args):\n    time.sleep(0.01)\n    return {'i': args['i']}\n"
 N_BLOCKING = 400
@@ -12,61 +12,59 @@ N_NONBLOCKING = 400
 
 
 def test_hundreds_in_flight_none_lost(server_process):
-    async def body():
-        async with RawWhisk(server_process.url, server_process.auth) as ow:
-            await ow.put_action("stress", WORK, limits={"memory": 128})
+    async def scenario(ow):
+        await ow.put_action("stress", WORK, limits={"memory": 128})
 
-            async def blocking(i: int) -> dict:
-                status, result, _ = await ow.invoke("stress", {"i": i}, result=True)
-                if status == 202:  # the blocking wait ended first: fetch the record later
-                    return {"poll": result["activationId"], "i": i}
-                assert status == 200, result
-                return result
+        async def blocking(i: int) -> dict:
+            status, result, _ = await ow.invoke("stress", {"i": i}, result=True)
+            if status == 202:  # the blocking wait ended first: fetch the record later
+                return {"poll": result["activationId"], "i": i}
+            assert status == 200, result
+            return result
 
-            async def nonblocking(i: int) -> dict:
-                status, accepted, _ = await ow.request("POST", "actions/stress", {"i": i})
-                assert status == 202, accepted
-                return {"poll": accepted["activationId"], "i": i}
+        async def nonblocking(i: int) -> dict:
+            status, accepted, _ = await ow.request("POST", "actions/stress", {"i": i})
+            assert status == 202, accepted
+            return {"poll": accepted["activationId"], "i": i}
 
-            started = time.monotonic()
-            answers = await asyncio.gather(*(blocking(i) for i in range(N_BLOCKING)),
-                                           *(nonblocking(N_BLOCKING + i) for i in range(N_NONBLOCKING)))
-            seen = []
-            for answer in answers:
-                if "poll" in answer:
-                    status = 404
-                    while status == 404:
-                        status, result, _ = await ow.request("GET", f"activations/{answer['poll']}/result")
-                        if status == 404:
-                            await asyncio.sleep(0.05)
-                    assert result["status"] == "success", result
-                    seen.append(result["result"]["i"])
-                else:
-                    seen.append(answer["i"])
-            assert sorted(seen) == list(range(N_BLOCKING + N_NONBLOCKING))
-            elapsed = time.monotonic() - started
-            status, records, _ = await ow.request("GET", "activations",
-                                                  params={"name": "stress", "limit": "200"})
-            assert status == 200 and len(records) == 200
-            print(f"{N_BLOCKING + N_NONBLOCKING} activations in {elapsed:.2f}s")
+        started = time.monotonic()
+        answers = await asyncio.gather(*(blocking(i) for i in range(N_BLOCKING)),
+                                       *(nonblocking(N_BLOCKING + i) for i in range(N_NONBLOCKING)))
+        seen = []
+        for answer in answers:
+            if "poll" in answer:
+                status = 404
+                while status == 404:
+                    status, result, _ = await ow.request("GET", f"activations/{answer['poll']}/result")
+                    if status == 404:
+                        await asyncio.sleep(0.05)
+                assert result["status"] == "success", result
+                seen.append(result["result"]["i"])
+            else:
+                seen.append(answer["i"])
+        assert sorted(seen) == list(range(N_BLOCKING + N_NONBLOCKING))
+        elapsed = time.monotonic() - started
+        status, records, _ = await ow.request("GET", "activations",
+                                              params={"name": "stress", "limit": "200"})
+        assert status == 200 and len(records) == 200
+        print(f"{N_BLOCKING + N_NONBLOCKING} activations in {elapsed:.2f}s")
 
-    asyncio.run(body())
+    run_raw(server_process, scenario)
 
 
 def test_warm_blocking_latency(server_process):
-    async def body():
-        async with RawWhisk(server_process.url, server_process.auth) as ow:
-            await ow.put_action("trivial", "def main(args):\n    return {}\n")
-            await ow.invoke("trivial")  # cold start
-            samples = []
-            for _ in range(200):
-                started = time.perf_counter()
-                status, _, _ = await ow.invoke("trivial", result=True)
-                samples.append(time.perf_counter() - started)
-                assert status == 200
-            samples.sort()
-            median = samples[len(samples) // 2] * 1000
-            print(f"warm blocking invoke: median {median:.2f} ms, p95 {samples[190] * 1000:.2f} ms")
-            assert median < 50
+    async def scenario(ow):
+        await ow.put_action("trivial", "def main(args):\n    return {}\n")
+        await ow.invoke("trivial")  # cold start
+        samples = []
+        for _ in range(200):
+            started = time.perf_counter()
+            status, _, _ = await ow.invoke("trivial", result=True)
+            samples.append(time.perf_counter() - started)
+            assert status == 200
+        samples.sort()
+        median = samples[len(samples) // 2] * 1000
+        print(f"warm blocking invoke: median {median:.2f} ms, p95 {samples[190] * 1000:.2f} ms")
+        assert median < 50
 
-    asyncio.run(body())
+    run_raw(server_process, scenario)
