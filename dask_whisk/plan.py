@@ -101,6 +101,12 @@ def flat_keys(keys: Key | list) -> list[Key]:
     return list(flatten(keys)) if isinstance(keys, list) else [keys]
 
 
+def _external_inputs(group: list[Key], tasks: Mapping[Key, GraphNode]) -> list[Key]:
+    """Keys the tasks of ``group`` read from outside it, in a stable order."""
+    members = set(group)
+    return sorted({d for k in group for d in tasks[k].dependencies if d not in members}, key=repr)
+
+
 def build_plan(graph: Mapping, keys: Key | list) -> Plan:
     """Plan the computation of ``keys`` (one key or nested lists, as Dask passes) from ``graph``."""
     wanted = flat_keys(keys)
@@ -114,33 +120,23 @@ def build_plan(graph: Mapping, keys: Key | list) -> Plan:
     if missing:
         raise KeyError(f"Keys not in the graph: {sorted(map(repr, missing))}")
 
-    needed_outside: set[Key] = {aliases.get(k, k) for k in wanted}
+    groups = {f"u{index}": group for index, group in enumerate(group_units(tasks, priority))}
+    producer = {key: name for name, group in groups.items() for key in group}
+    inputs = {name: _external_inputs(group, tasks) for name, group in groups.items()}
+    needed_outside = {aliases.get(k, k) for k in [*wanted, *(d for ins in inputs.values() for d in ins)]}
     units: dict[str, Unit] = {}
-    producer: dict[Key, str] = {}
-    groups = group_units(tasks, priority)
-    for index, group in enumerate(groups):
-        name = f"u{index}"
-        for key in group:
-            producer[key] = name
-    for index, group in enumerate(groups):
-        members = set(group)
-        inputs = sorted({d for k in group for d in tasks[k].dependencies if d not in members}, key=repr)
-        needed_outside.update(aliases.get(d, d) for d in inputs)
-        units[f"u{index}"] = Unit(
-            name=f"u{index}",
+    dependencies: dict[str, set[str]] = {}
+    dependents: dict[str, set[str]] = {name: set() for name in groups}
+    for name, group in groups.items():
+        units[name] = Unit(
+            name=name,
             tasks={k: tasks[k] for k in group},
-            inputs=tuple(inputs),
-            outputs=(),
+            inputs=tuple(inputs[name]),
+            outputs=tuple(k for k in group if k in needed_outside),
             priority=priority[group[0]],
         )
-    dependencies: dict[str, set[str]] = {}
-    dependents: dict[str, set[str]] = {name: set() for name in units}
-    for name, unit in units.items():
-        outputs = tuple(k for k in unit.tasks if k in needed_outside)
-        units[name] = Unit(unit.name, unit.tasks, unit.inputs, outputs, unit.priority)
-        deps = {producer[s] for s in (aliases.get(k, k) for k in unit.inputs) if s in producer}
-        deps.discard(name)
-        dependencies[name] = deps
-        for dep in deps:
+        dependencies[name] = {producer[s] for s in (aliases.get(k, k) for k in inputs[name])
+                              if s in producer} - {name}
+        for dep in dependencies[name]:
             dependents[dep].add(name)
     return Plan(units, dependencies, dependents, producer, data, aliases)

@@ -60,11 +60,11 @@ def _execute(spec: protocol.UnitSpec, inputs: dict) -> list[Any]:
 def _place(values: list[Any], names: list[str], inv: protocol.Invocation, store: WorkerStore) -> tuple[list[dict], int]:
     """Inline small outputs within the result budget; store the rest (concurrently)."""
     frames = [protocol.encode(v, inv.mac_key) for v in values]
+    sizes = [protocol.frame_size(parts) for parts in frames]
     refs: list[dict | None] = [None] * len(frames)
     budget = protocol.INLINE_TOTAL_BYTES
     to_store = []
-    for i, parts in enumerate(frames):
-        size = protocol.frame_size(parts)
+    for i, (parts, size) in enumerate(zip(frames, sizes, strict=True)):
         if size <= protocol.INLINE_VALUE_BYTES and size <= budget:
             budget -= size
             refs[i] = protocol.inline_ref(protocol.join(parts))
@@ -75,7 +75,7 @@ def _place(values: list[Any], names: list[str], inv: protocol.Invocation, store:
         refs[i] = protocol.stored_ref(names[i], store.put(names[i], frames[i]))
 
     list(_io_pool.map(put, to_store))
-    return refs, sum(protocol.frame_size(parts) for parts in frames)
+    return refs, sum(sizes)
 
 
 def _pong(args: dict[str, Any]) -> dict[str, Any]:
