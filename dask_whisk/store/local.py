@@ -5,14 +5,19 @@ reader never sees half an object. Activations on the same machine are granted th
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import Buffer, JobStore, ObjectMissing, WorkerStore
+
+#: how long destroy() keeps removing files that in-flight writes leave in a deleted job
+DESTROY_SECONDS = 5.0
 
 
 def default_root() -> Path:
@@ -51,7 +56,8 @@ class LocalWorkerStore(WorkerStore):
                     written += f.write(part)
             os.replace(tmp, path)
         except BaseException:
-            os.unlink(tmp)
+            with contextlib.suppress(FileNotFoundError):  # gone with a destroyed job
+                os.unlink(tmp)
             raise
         return written
 
@@ -73,7 +79,19 @@ class LocalJobStore(LocalWorkerStore, JobStore):
             self._path(name).unlink(missing_ok=True)
 
     def destroy(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
+        """Rename the job directory away first, so writes of activations still running fail
+        instead of landing in it, then remove it, again if a write raced the rename."""
+        doomed = self.directory.with_name(self.directory.name + ".deleting")
+        try:
+            os.rename(self.directory, doomed)
+        except FileNotFoundError:
+            return
+        deadline = time.monotonic() + DESTROY_SECONDS
+        while True:
+            shutil.rmtree(doomed, ignore_errors=True)
+            if not doomed.exists() or time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
 
     def worker_access(self, read: Iterable[str], write: Iterable[str]) -> dict[str, Any]:
         return {"kind": "local", "directory": str(self.directory)}
