@@ -37,6 +37,11 @@ DEFAULTS: dict[str, Any] = {
         "action-memory": None,  # MB for the worker action whisk_get deploys; None: 512 in range
         "action-timeout": None,  # ms for the worker action whisk_get deploys; None: 300000 in range
         "max-in-flight": None,  # cap on concurrent activations; None: the namespace's limit
+        "retries": 2,  # extra attempts of a unit after a platform failure (not after user errors)
+        "fuse": True,  # group tasks into units (False: one task per activation, for comparison)
+        "fuse-large-bytes": 2097152,  # an output this large pulls its consumers into its unit
+        "unit-target-seconds": 0.5,  # batch small ready units into activations of about this long
+        "batch-max-units": 256,  # at most this many units share one activation
         "client": {
             "connection-limit": None,  # open HTTP connections; None: from the open-files limit
             "retry-attempts": 12,  # attempts per request while OpenWhisk answers 429 or 503

@@ -8,6 +8,8 @@ results the user asked for.
 from __future__ import annotations
 
 import asyncio
+import json
+import random
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Hashable, Iterable
@@ -17,13 +19,31 @@ import dask.config
 
 from . import protocol
 from .backend import Backend
+from .openwhisk import WhiskConnectionError, WhiskServerError, WhiskTimeout
 from .plan import Plan, Unit
 from .store import new_job_id, open_job_store
 
 Key = Hashable
 
-#: attempts of a unit whose activation ended in "whisk internal error" (a platform failure)
-INTERNAL_ERROR_ATTEMPTS = 3
+#: backoff before the second attempt of a unit, doubling per attempt up to the maximum (seconds)
+RETRY_BACKOFF = 0.05
+RETRY_BACKOFF_MAX = 2.0
+
+
+def retryable(record: dict[str, Any] | None) -> bool:
+    """Whether a failed attempt may succeed when run again: platform failures (no record at all,
+    a whisk internal error, a lost container, the worker failing outside user code) are; user
+    exceptions and exhausted memory or time limits are not (they would fail the same way)."""
+    if record is None:
+        return True
+    response = record.get("response", {})
+    status, result = response.get("status"), response.get("result") or {}
+    if protocol.is_error_envelope(result):
+        return False
+    error = str(result.get("error", ""))
+    if "exhausted its memory" in error or "time limit" in error:
+        return False
+    return status in ("whisk internal error", "action developer error", "application error")
 
 
 class ActivationError(RuntimeError):
@@ -48,6 +68,8 @@ class Job:
         #: unit name -> where its spec frame is
         self.specs: dict[str, dict[str, Any]] = {}
         self.stats: dict[str, dict[str, Any]] = {}
+        #: attempts run again after a platform failure
+        self.retried = 0
 
     # --- before the first invoke (client thread) -------------------------------------------
 
@@ -76,78 +98,96 @@ class Job:
             return protocol.inline_ref(protocol.join(parts))
         return protocol.stored_ref(name, self.store.put(name, parts))
 
-    # --- one unit, one activation (event loop thread) --------------------------------------
+    # --- units in an activation (event loop thread) ---------------------------------------
 
-    async def _input_refs(self, unit: Unit) -> list[dict[str, Any]]:
-        """Descriptors of the unit's inputs; inline values over the message budget are stored."""
-        refs = []
-        spec = self.specs[unit.name]
-        budget = protocol.INLINE_TOTAL_BYTES - (protocol.ref_nbytes(spec) if "inline" in spec else 0)
-        for key in unit.inputs:
-            source = self.plan.source(key)
-            ref = self.refs[source]
-            if "inline" in ref:
-                size = protocol.ref_nbytes(ref)
-                if size > budget:
-                    ref = await self._spill(source, ref)
-                else:
-                    budget -= size
-            refs.append(ref)
-        return refs
+    def _calls(self, units: list[Unit], attempt: int) -> list[protocol.UnitCall]:
+        return [protocol.UnitCall(
+            unit=unit.name, attempt=attempt, spec=self.specs[unit.name],
+            inputs=[self.refs[self.plan.source(k)] for k in unit.inputs],
+            outputs=[protocol.output_name(unit.name, attempt, i) for i in range(len(unit.outputs))],
+        ) for unit in units]
 
-    async def _spill(self, key: Key, ref: dict[str, Any]) -> dict[str, Any]:
-        """Move an inline value into the store (once) so it fits no message."""
-        name = protocol.object_name(key)
-        data = protocol.unb64(ref["inline"])
-        nbytes = await asyncio.get_running_loop().run_in_executor(None, self.store.put, name, [data])
-        self.refs[key] = protocol.stored_ref(name, nbytes)
-        return self.refs[key]
+    async def _invocation(self, calls: list[protocol.UnitCall]) -> tuple[dict[str, Any], list[str]]:
+        """The invoke body for ``calls``, and the manifest it needs stored, if any (to delete)."""
+        loop = asyncio.get_running_loop()
+        reads = [r["stored"] for c in calls for r in (c.spec, *c.inputs) if "stored" in r]
+        writes = [name for c in calls for name in c.outputs]
+        access = await loop.run_in_executor(None, self.store.worker_access, reads, writes)
+        inv = protocol.Invocation(job=self.id, mac_key=self.mac_key, store=access, units=calls)
+        body = inv.to_json()
+        if len(json.dumps(body, separators=(",", ":"))) <= protocol.PAYLOAD_BUDGET_BYTES:
+            return body, []
+        # too wide for one message: the entries and their grants go into a stored manifest
+        name = f"m-{calls[0].unit}-a{calls[0].attempt}"
+        frame = self._encode({"units": [c.to_json() for c in calls], "store": access}, "manifest")
+        nbytes = await loop.run_in_executor(None, self.store.put, name, frame)
+        manifest_access = await loop.run_in_executor(None, self.store.worker_access, [name], [])
+        inv = protocol.Invocation(job=self.id, mac_key=self.mac_key, store=manifest_access,
+                                  manifest=protocol.stored_ref(name, nbytes))
+        return inv.to_json(), [name]
 
-    async def run_unit(self, unit: Unit) -> str:
-        """Run ``unit`` as an activation; record its outputs' descriptors; return the activation id.
+    async def run_units(self, units: list[Unit]) -> str:
+        """Run independent ``units`` in one activation, retrying platform failures with a fresh
+        attempt (fresh output names) each time; record their outputs; return the activation id.
 
         Raises the user's exception (rebuilt) or :class:`ActivationError`.
         """
-        inputs = await self._input_refs(unit)
-        outputs = [protocol.object_name(k) for k in unit.outputs]
-        spec = self.specs[unit.name]
-        reads = [r["stored"] for r in (spec, *inputs) if "stored" in r]
-        access = await asyncio.get_running_loop().run_in_executor(None, self.store.worker_access, reads, outputs)
-        params = protocol.Invocation(
-            job=self.id, unit=unit.name, mac_key=self.mac_key, store=access,
-            spec=spec, inputs=inputs, outputs=outputs,
-        ).to_json()
-        for attempt in range(1, INTERNAL_ERROR_ATTEMPTS + 1):
-            record = await self.backend.client.run(self.backend.action, params)
-            response = record.get("response", {})
-            status = response.get("status")
-            result = response.get("result") or {}
-            if status == "success":
-                envelope = protocol.UnitResult.from_json(result)
-                for key, ref in zip(unit.outputs, envelope.outputs, strict=True):
-                    self.refs[key] = ref
-                self.stats[unit.name] = envelope.stats
-                return record["activationId"]
-            if protocol.is_error_envelope(result):
-                raise protocol.exception_from_error(result["error"], self.mac_key)
-            if status != "whisk internal error" or attempt == INTERNAL_ERROR_ATTEMPTS:
-                raise await self._activation_error(unit, record)
+        attempts = 1 + max(0, int(dask.config.get("whisk.retries")))
+        for attempt in range(1, attempts + 1):
+            calls = self._calls(units, attempt)
+            params, manifest = await self._invocation(calls)
+            written = [name for c in calls for name in c.outputs]
+            record: dict[str, Any] | None = None
+            try:
+                record = await self.backend.client.run(self.backend.action, params)
+            except (WhiskConnectionError, WhiskTimeout, WhiskServerError) as exc:
+                failure: BaseException = exc
+            finally:
+                await self._forget(manifest)
+            if record is not None:
+                response = record.get("response", {})
+                result = response.get("result") or {}
+                if response.get("status") == "success":
+                    self._record(units, protocol.BatchResult.from_json(result))
+                    return record["activationId"]
+                await self._forget(written)  # whatever this attempt wrote is never read
+                if protocol.is_error_envelope(result):
+                    raise protocol.exception_from_error(result["error"], self.mac_key)
+                failure = await self._activation_error(units, record)
+            else:
+                await self._forget(written)
+            if attempt == attempts or not retryable(record):
+                raise failure
+            self.retried += 1
+            await asyncio.sleep(random.uniform(0.5, 1.0) * min(RETRY_BACKOFF_MAX, RETRY_BACKOFF * 2 ** attempt))
         raise AssertionError("unreachable")
 
-    async def _activation_error(self, unit: Unit, record: dict[str, Any]) -> ActivationError:
+    def _record(self, units: list[Unit], batch: protocol.BatchResult) -> None:
+        for unit, result in zip(units, batch.units, strict=True):
+            for key, ref in zip(unit.outputs, result.outputs, strict=True):
+                self.refs[key] = ref
+            self.stats[unit.name] = result.stats
+
+    async def _forget(self, names: list[str]) -> None:
+        if names:
+            await asyncio.get_running_loop().run_in_executor(None, self.store.delete, names)
+
+    async def _activation_error(self, units: list[Unit], record: dict[str, Any]) -> ActivationError:
         activation_id = record.get("activationId")
         response = record.get("response", {})
         error = (response.get("result") or {}).get("error", response.get("result"))
         logs = record.get("logs") or []
+        names = ", ".join(u.name for u in units[:3]) + (", ..." if len(units) > 3 else "")
         message = (
-            f"Activation {activation_id} of {self.backend.action} (unit {unit.name}, task "
-            f"{next(iter(unit.tasks))!r}) failed with {response.get('status')!r}: {error}"
+            f"Activation {activation_id} of {self.backend.action} (units {names}; task "
+            f"{units[0].keys[0]!r}) failed with {response.get('status')!r}: {error}"
         )
         if "memory" in str(error) or "time limit" in str(error):
             message += " Raise the action's limits with `dask-whisk deploy --memory MB --timeout MS`."
         if logs:
             message += "\nLast log lines:\n" + "\n".join(logs[-10:])
-        return ActivationError(message, unit=unit.name, activation_id=activation_id, status=response.get("status"))
+        return ActivationError(message, unit=units[0].name, activation_id=activation_id,
+                               status=response.get("status"))
 
     # --- values and cleanup -----------------------------------------------------------------
 

@@ -1,19 +1,25 @@
 """From a Dask graph to work units: cull, resolve aliases, order, group. Pure functions, no I/O.
 
-A *work unit* is the set of tasks one activation runs. Values the client already holds (Dask
-``DataNode`` literals) are never dispatched, and neither are ``Alias`` nodes: a unit reading an
-alias reads its target. Today every task is its own unit; the unit stays an explicit concept so
-that fusing and batching change only :func:`group_units`.
+A *work unit* is the set of tasks that run together in one activation (the grouping rules are in
+:mod:`dask_whisk.fuse`). Values the client already holds (Dask ``DataNode`` literals) are never
+dispatched, and neither are ``Alias`` nodes: a unit reading an alias reads its target.
 """
 from __future__ import annotations
 
 import functools
-from collections.abc import Hashable, Mapping
+import math
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+from dask._expr import Expr
+from dask.highlevelgraph import HighLevelGraph
 
 from dask._task_spec import Alias, DataNode, GraphNode, convert_legacy_graph, cull
 from dask.core import flatten
 from dask.order import order
+
+from .fuse import FuseSettings, group_tasks
 
 Key = Hashable
 
@@ -24,9 +30,12 @@ class LocalDiskGraphError(ValueError):
 
 @dataclass(frozen=True)
 class Unit:
-    """Tasks that run in one activation, in an order that respects their dependencies."""
+    """Tasks that run in one activation, in an order that respects their dependencies.
+
+    ``keys`` are the graph's tasks in the unit; ``tasks`` also holds the aliases among them."""
 
     name: str
+    keys: tuple[Key, ...]
     tasks: dict[Key, GraphNode]
     inputs: tuple[Key, ...]
     outputs: tuple[Key, ...]
@@ -50,6 +59,30 @@ class Plan:
     def source(self, key: Key) -> Key:
         """The key whose value ``key`` denotes (itself unless it is an alias)."""
         return self.aliases.get(key, key)
+
+    def topological(self) -> list[str]:
+        """Unit names, each after every unit it depends on (Kahn's algorithm)."""
+        missing = {name: len(deps) for name, deps in self.dependencies.items()}
+        ready = [name for name, count in missing.items() if not count]
+        for name in ready:  # grows while iterating
+            for child in self.dependents[name]:
+                missing[child] -= 1
+                if not missing[child]:
+                    ready.append(child)
+        return ready
+
+    def summary(self) -> dict[str, int]:
+        """Counts for tests and reports: tasks, units, and the critical path measured in units."""
+        depth: dict[str, int] = {}
+        for name in self.topological():
+            depth[name] = 1 + max((depth[d] for d in self.dependencies[name]), default=0)
+        return {
+            "tasks": sum(len(u.keys) for u in self.units.values()),
+            "units": len(self.units),
+            "critical_path_units": max(depth.values(), default=0),
+            "literals": len(self.data),
+            "aliases": len(self.aliases),
+        }
 
     def consumers(self) -> dict[Key, set[str]]:
         """For each source key read by a unit, the units that read it (to release data early)."""
@@ -91,9 +124,41 @@ def _resolve_aliases(graph: Mapping[Key, GraphNode]) -> dict[Key, Key]:
     return aliases
 
 
-def group_units(tasks: Mapping[Key, GraphNode], priority: Mapping[Key, int]) -> list[list[Key]]:
-    """Which tasks run together, each group in execution order. Today: one task per unit."""
-    return [[key] for key in sorted(tasks, key=priority.__getitem__)]
+def known_sizes(collection: Any, keys: Iterable[Key], max_depth: int = 8) -> dict[Key, int]:
+    """Output bytes of those ``keys`` that are array chunks, from the chunk shapes and dtypes in
+    the high-level graphs Dask hands the scheduler (the layers' ``collection_annotations``).
+
+    A layer describes its own chunks only, so trust these for tasks that read nothing (sources
+    such as ``random``, ``ones`` or ``from_array``); ``fuse`` does."""
+    layers: dict[str, Mapping[str, Any]] = {}
+    todo, seen = [(collection, 0)], set()
+    while todo:
+        obj, depth = todo.pop()
+        if id(obj) in seen or depth > max_depth:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, HighLevelGraph):
+            layers.update((name, layer.collection_annotations or {}) for name, layer in obj.layers.items())
+        elif isinstance(obj, Expr):
+            todo.extend((op, depth + 1) for op in obj.operands)
+    sizes = {}
+    for key in keys:
+        if isinstance(key, tuple) and key and key[0] in layers:
+            nbytes = _chunk_bytes(layers[key[0]], key[1:])
+            if nbytes is not None:
+                sizes[key] = nbytes
+    return sizes
+
+
+def _chunk_bytes(annotations: Mapping[str, Any], index: tuple) -> int | None:
+    """Bytes of chunk ``index`` of the array a layer's annotations describe, if they say."""
+    chunks, itemsize = annotations.get("chunks"), getattr(annotations.get("dtype"), "itemsize", None)
+    if not chunks or not itemsize or len(chunks) != len(index):
+        return None
+    try:
+        return itemsize * math.prod(c[i] for c, i in zip(chunks, index, strict=True))
+    except (IndexError, TypeError):
+        return None
 
 
 def flat_keys(keys: Key | list) -> list[Key]:
@@ -101,14 +166,31 @@ def flat_keys(keys: Key | list) -> list[Key]:
     return list(flatten(keys)) if isinstance(keys, list) else [keys]
 
 
-def _external_inputs(group: list[Key], tasks: Mapping[Key, GraphNode]) -> list[Key]:
-    """Keys the tasks of ``group`` read from outside it, in a stable order."""
+def _unit_tasks(group: list[Key], tasks: Mapping[Key, GraphNode], aliases: Mapping[Key, Key]
+                ) -> tuple[dict[Key, GraphNode], list[Key]]:
+    """The nodes a unit runs, and the keys it reads from outside, in a stable order.
+
+    A member reading an alias of another member gets that alias as a node of its own, placed
+    before it, so the activation resolves it as the client would."""
     members = set(group)
-    return sorted({d for k in group for d in tasks[k].dependencies if d not in members}, key=repr)
+    nodes: dict[Key, GraphNode] = {}
+    external: set[Key] = set()
+    for key in group:
+        for dep in tasks[key].dependencies:
+            source = aliases.get(dep, dep)
+            if source not in members:
+                external.add(dep)
+            elif dep != source and dep not in nodes:
+                nodes[dep] = Alias(dep, source)
+        nodes[key] = tasks[key]
+    return nodes, sorted(external, key=repr)
 
 
-def build_plan(graph: Mapping, keys: Key | list) -> Plan:
-    """Plan the computation of ``keys`` (one key or nested lists, as Dask passes) from ``graph``."""
+def build_plan(graph: Mapping, keys: Key | list, sizes: Mapping[Key, int] | None = None,
+               settings: FuseSettings = FuseSettings()) -> Plan:
+    """Plan the computation of ``keys`` (one key or nested lists, as Dask passes) from ``graph``.
+
+    ``sizes`` holds output bytes known before running (see :func:`known_sizes`)."""
     wanted = flat_keys(keys)
     dsk = cull(as_task_graph(graph), wanted)
     check_runs_remotely(dsk)
@@ -120,23 +202,27 @@ def build_plan(graph: Mapping, keys: Key | list) -> Plan:
     if missing:
         raise KeyError(f"Keys not in the graph: {sorted(map(repr, missing))}")
 
-    groups = {f"u{index}": group for index, group in enumerate(group_units(tasks, priority))}
+    task_deps = {k: {s for s in (aliases.get(d, d) for d in node.dependencies) if s in tasks}
+                 for k, node in tasks.items()}
+    grouped = group_tasks(tasks, task_deps, priority, sizes, settings)
+    groups = {f"u{index}": group for index, group in enumerate(grouped)}
     producer = {key: name for name, group in groups.items() for key in group}
-    inputs = {name: _external_inputs(group, tasks) for name, group in groups.items()}
-    needed_outside = {aliases.get(k, k) for k in [*wanted, *(d for ins in inputs.values() for d in ins)]}
+    bodies = {name: _unit_tasks(group, tasks, aliases) for name, group in groups.items()}
+    needed_outside = {aliases.get(k, k) for k in [*wanted, *(d for _, ins in bodies.values() for d in ins)]}
     units: dict[str, Unit] = {}
     dependencies: dict[str, set[str]] = {}
     dependents: dict[str, set[str]] = {name: set() for name in groups}
     for name, group in groups.items():
+        nodes, inputs = bodies[name]
         units[name] = Unit(
             name=name,
-            tasks={k: tasks[k] for k in group},
-            inputs=tuple(inputs[name]),
+            keys=tuple(group),
+            tasks=nodes,
+            inputs=tuple(inputs),
             outputs=tuple(k for k in group if k in needed_outside),
             priority=priority[group[0]],
         )
-        dependencies[name] = {producer[s] for s in (aliases.get(k, k) for k in inputs[name])
-                              if s in producer} - {name}
+        dependencies[name] = {producer[s] for s in (aliases.get(k, k) for k in inputs) if s in producer}
         for dep in dependencies[name]:
             dependents[dep].add(name)
     return Plan(units, dependencies, dependents, producer, data, aliases)

@@ -8,17 +8,20 @@ The pickle is cloudpickle protocol 5 with out-of-band buffers, so arrays are wri
 without copies; the MAC is keyed BLAKE2b with a per-job key that only the client and its
 activations hold, so a tampered store object is rejected instead of unpickled.
 
-An *invocation* (the activation's parameters) is JSON: the unit spec frame (its tasks), one input
-descriptor per input key, the store names for its outputs, the store access descriptor and the MAC
-key. The activation answers with a *result envelope* (one output descriptor per output, plus
-stats) or, when user code raised, an ``{"error": ...}`` envelope the client turns back into the
-original exception. This module imports nothing heavier than cloudpickle.
+An *invocation* (the activation's parameters) is JSON: the store access descriptor, the MAC key,
+and one entry per unit (several independent units may share an activation): the unit's spec
+frame (its tasks), one input descriptor per input key, and the store names for its outputs,
+unique to the attempt. Entries too large for OpenWhisk's payload limit travel as a stored
+*manifest*. The activation answers with a *result envelope* (per unit, one output descriptor per
+output, plus stats) or, when user code raised, an ``{"error": ...}`` envelope the client turns
+back into the original exception. This module imports nothing heavier than cloudpickle.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
+import json
 import pickle
 import struct
 import traceback
@@ -28,7 +31,7 @@ from typing import Any
 
 import cloudpickle
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAGIC = b"DWK\x01"
 MAC_SIZE = 32
 _COUNT = struct.Struct("<I")
@@ -40,6 +43,10 @@ MAX_MESSAGE_BYTES = 1024 * 1024
 INLINE_VALUE_BYTES = 64 * 1024
 #: the inline frames of one message add up to at most this, keeping base64 JSON under 1 MiB
 INLINE_TOTAL_BYTES = 512 * 1024
+#: an invoke body larger than this moves its unit entries into a stored manifest
+PAYLOAD_BUDGET_BYTES = 960 * 1024
+#: room a stored-object descriptor takes in a message (its JSON, with a generous name)
+STORED_REF_BYTES = 128
 
 
 class TamperedObject(ValueError):
@@ -130,29 +137,58 @@ class UnitSpec:
 
 
 @dataclass
-class Invocation:
-    """The JSON parameters of one activation of the worker action."""
+class UnitCall:
+    """One unit in an invocation: its spec frame, input descriptors and this attempt's output names."""
 
-    job: str
     unit: str
-    mac_key: bytes
-    store: dict[str, Any]
-    spec: dict[str, str]
+    attempt: int
+    spec: dict[str, Any]
     inputs: list[dict[str, Any]]
     outputs: list[str]
 
     def to_json(self) -> dict[str, Any]:
+        """The unit's entry in an invocation."""
+        return {"unit": self.unit, "attempt": self.attempt, "spec": self.spec,
+                "inputs": self.inputs, "outputs": self.outputs}
+
+    @classmethod
+    def from_json(cls, entry: Mapping[str, Any]) -> UnitCall:
+        """Inverse of :meth:`to_json`."""
+        return cls(entry["unit"], entry["attempt"], entry["spec"], entry["inputs"], entry["outputs"])
+
+
+def output_name(unit: str, attempt: int, index: int) -> str:
+    """The store name of output ``index`` of one attempt of ``unit``: no two attempts share one,
+    so a late or duplicate attempt can never overwrite what a reader already took."""
+    return f"o-{unit}-a{attempt}-{index}"
+
+
+@dataclass
+class Invocation:
+    """The JSON parameters of one activation of the worker action: one or more independent units.
+
+    When the units' descriptors would not fit OpenWhisk's payload limit, they travel as a
+    *manifest*: a stored frame holding the list of unit entries, which the activation reads first.
+    """
+
+    job: str
+    mac_key: bytes
+    store: dict[str, Any]
+    units: list[UnitCall] = field(default_factory=list)
+    manifest: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"Invocation(job={self.job!r}, units={[u.unit for u in self.units]}, manifest={self.manifest})"
+
+    def to_json(self) -> dict[str, Any]:
         """The invoke body."""
-        return {
-            "dask_whisk": PROTOCOL_VERSION,
-            "job": self.job,
-            "unit": self.unit,
-            "mac_key": b64(self.mac_key),
-            "store": self.store,
-            "spec": self.spec,
-            "inputs": self.inputs,
-            "outputs": self.outputs,
-        }
+        body = {"dask_whisk": PROTOCOL_VERSION, "job": self.job, "mac_key": b64(self.mac_key),
+                "store": self.store}
+        if self.manifest is not None:
+            body["manifest"] = self.manifest
+        else:
+            body["units"] = [u.to_json() for u in self.units]
+        return body
 
     @classmethod
     def from_json(cls, params: Mapping[str, Any]) -> Invocation:
@@ -165,12 +201,10 @@ class Invocation:
             )
         return cls(
             job=params["job"],
-            unit=params["unit"],
             mac_key=unb64(params["mac_key"]),
             store=params["store"],
-            spec=params["spec"],
-            inputs=params["inputs"],
-            outputs=params["outputs"],
+            units=[UnitCall.from_json(u) for u in params.get("units", ())],
+            manifest=params.get("manifest"),
         )
 
 
@@ -194,21 +228,31 @@ def ref_nbytes(ref: Mapping[str, Any]) -> int:
 
 @dataclass
 class UnitResult:
-    """The result envelope: one descriptor per output, and what the activation spent."""
+    """One unit's part of a result envelope: a descriptor per output, and what it spent."""
 
     outputs: list[dict[str, Any]]
     stats: dict[str, Any] = field(default_factory=dict)
 
+
+@dataclass
+class BatchResult:
+    """The result envelope of an activation: one :class:`UnitResult` per unit, in call order."""
+
+    units: list[UnitResult]
+    stats: dict[str, Any] = field(default_factory=dict)
+
     def to_json(self) -> dict[str, Any]:
         """The activation result (never a top-level ``error`` key on success)."""
-        return {"dask_whisk": PROTOCOL_VERSION, "outputs": self.outputs, "stats": self.stats}
+        return {"dask_whisk": PROTOCOL_VERSION, "stats": self.stats,
+                "units": [{"outputs": u.outputs, "stats": u.stats} for u in self.units]}
 
     @classmethod
-    def from_json(cls, result: Mapping[str, Any]) -> UnitResult:
+    def from_json(cls, result: Mapping[str, Any]) -> BatchResult:
         """Parse an activation's successful result."""
-        if result.get("dask_whisk") != PROTOCOL_VERSION or "outputs" not in result:
+        if result.get("dask_whisk") != PROTOCOL_VERSION or "units" not in result:
             raise ValueError(f"Not a dask-whisk result envelope: {sorted(result)}")
-        return cls(outputs=result["outputs"], stats=result.get("stats", {}))
+        return cls([UnitResult(u["outputs"], u.get("stats", {})) for u in result["units"]],
+                   result.get("stats", {}))
 
 
 def error_envelope(exc: BaseException, key: Hashable, mac_key: bytes,

@@ -16,10 +16,12 @@ from typing import Any
 import dask.config
 from dask.callbacks import local_callbacks, unpack_callbacks
 from dask.local import nested_get
+from dask.utils import key_split
 
 from .backend import get_backend
 from .job import Job
-from .plan import Plan, as_task_graph, build_plan, flat_keys
+from .fuse import FuseSettings
+from .plan import Plan, Unit, as_task_graph, build_plan, flat_keys, known_sizes
 
 Key = Hashable
 
@@ -34,7 +36,7 @@ def _callback_state(plan: Plan) -> dict[str, Any]:
     """The ``state`` dict Dask's callbacks read (ProgressBar counts ready/waiting/running/finished)."""
     dependencies = {
         key: {plan.source(d) for d in node.dependencies} - set(plan.data)
-        for unit in plan.units.values() for key, node in unit.tasks.items()
+        for unit in plan.units.values() for key in unit.keys for node in (unit.tasks[key],)
     }
     dependents: dict[Key, set] = {key: set() for key in dependencies}
     for key, deps in dependencies.items():
@@ -68,6 +70,15 @@ def _mark(state: dict[str, Any], keys: Sequence[Key], where: str) -> None:
             state["finished"].add(key)
 
 
+def fuse_settings(parallelism: int) -> FuseSettings:
+    """The grouping limits for this configuration: the concurrency to keep busy, and a unit's
+    known bytes within a quarter of the action's memory."""
+    memory_mb = dask.config.get("whisk.action-memory") or 512
+    return FuseSettings(fuse=bool(dask.config.get("whisk.fuse")), parallelism=parallelism,
+                        large_bytes=int(dask.config.get("whisk.fuse-large-bytes")),
+                        max_bytes=memory_mb * 1024 * 1024 // 4)
+
+
 def get(dsk: Mapping | Any, keys: Sequence[Key] | Key, callbacks=None, **kwargs: Any) -> Any:
     """Compute ``keys`` of ``dsk`` on OpenWhisk; results in the nested structure of ``keys``.
 
@@ -75,8 +86,11 @@ def get(dsk: Mapping | Any, keys: Sequence[Key] | Key, callbacks=None, **kwargs:
     unknown keyword arguments are ignored, as by Dask's own schedulers.
     """
     graph = as_task_graph(dsk if isinstance(dsk, Mapping) else dsk.__dask_graph__())
-    plan = build_plan(graph, keys)
     backend = get_backend()
+    cap = dask.config.get("whisk.max-in-flight")
+    max_in_flight = min(backend.max_in_flight, cap or backend.max_in_flight)
+    sources = (k for k, node in graph.items() if not node.dependencies)
+    plan = build_plan(graph, keys, known_sizes(dsk, sources), fuse_settings(max_in_flight))
     job = Job(backend, plan)
     with local_callbacks(callbacks) as cbs:
         start, start_state, pretask, posttask, finish = unpack_callbacks(cbs)
@@ -90,8 +104,7 @@ def get(dsk: Mapping | Any, keys: Sequence[Key] | Key, callbacks=None, **kwargs:
                 f(graph, state)
             job.prepare()
             wanted = flat_keys(keys)
-            cap = dask.config.get("whisk.max-in-flight")
-            _run(job, graph, wanted, state, pretask, posttask, min(backend.max_in_flight, cap or backend.max_in_flight))
+            _run(job, graph, wanted, state, pretask, posttask, max_in_flight)
             results = job.values(wanted)
             failed = False
         finally:
@@ -103,6 +116,52 @@ def get(dsk: Mapping | Any, keys: Sequence[Key] | Key, callbacks=None, **kwargs:
     return nested_get(keys, results)
 
 
+class Batcher:
+    """How many ready units share the next activation.
+
+    Enough that the ready work fills the concurrency evenly, no more than about
+    ``whisk.unit-target-seconds`` of measured work per activation (a kind of unit never seen
+    finishing yet is probed with a few), and only units whose stored inputs are small: a unit
+    reading large values gets an activation (and its memory) of its own.
+    """
+
+    #: units of a kind with no measured duration yet that may share an activation
+    PROBE_UNITS = 8
+    #: stored input bytes a unit may read and still be batched
+    SMALL_INPUT_BYTES = 4 * 1024 * 1024
+
+    def __init__(self, job: Job, max_in_flight: int) -> None:
+        self.job, self.max_in_flight = job, max_in_flight
+        self.target = float(dask.config.get("whisk.unit-target-seconds"))
+        self.max_units = max(1, int(dask.config.get("whisk.batch-max-units")))
+        #: kind -> (units finished, their total seconds)
+        self.measured: dict[str, tuple[int, float]] = {}
+
+    @staticmethod
+    def kind(unit: Unit) -> str:
+        return key_split(unit.keys[-1])
+
+    def batchable(self, unit: Unit) -> bool:
+        refs = self.job.refs
+        stored = sum(refs[s]["nbytes"] for s in map(self.job.plan.source, unit.inputs) if "stored" in refs[s])
+        return stored <= self.SMALL_INPUT_BYTES
+
+    def size(self, unit: Unit, ready: int) -> int:
+        """Units to put in the activation that ``unit`` (the first, ``ready`` waiting) starts."""
+        if not self.batchable(unit):
+            return 1
+        even = -(-ready // self.max_in_flight)
+        count, seconds = self.measured.get(self.kind(unit), (0, 0.0))
+        by_time = self.PROBE_UNITS if not count else int(self.target / max(seconds / count, 1e-6))
+        return max(1, min(even, by_time, self.max_units))
+
+    def finished(self, unit: Unit) -> None:
+        stats = self.job.stats.get(unit.name, {})
+        count, seconds = self.measured.get(self.kind(unit), (0, 0.0))
+        spent = stats.get("decode_s", 0.0) + stats.get("compute_s", 0.0) + stats.get("store_s", 0.0)
+        self.measured[self.kind(unit)] = (count + 1, seconds + spent)
+
+
 def _run(job: Job, graph: Mapping, wanted: list[Key], state: dict[str, Any], pretask, posttask,
          max_in_flight: int) -> None:
     """Dispatch units as their inputs complete until all are done; raise the first failure."""
@@ -112,41 +171,46 @@ def _run(job: Job, graph: Mapping, wanted: list[Key], state: dict[str, Any], pre
     heapq.heapify(ready)
     readers = plan.consumers()
     keep = {plan.source(k) for k in wanted}
-    done: queue.Queue[tuple[str, Future]] = queue.Queue()
-    running: dict[str, Future] = {}
+    batcher = Batcher(job, max_in_flight)
+    done: queue.Queue[tuple[list[Unit], Future]] = queue.Queue()
+    running: set[Future] = set()
     try:
         while ready or running:
             while ready and len(running) < max_in_flight:
-                _, name = heapq.heappop(ready)
-                unit = plan.units[name]
-                _mark(state, list(unit.tasks), "running")
-                for key in unit.tasks:
-                    for f in pretask:
-                        f(key, graph, state)
-                future = job.backend.io.submit(job.run_unit(unit))
-                future.add_done_callback(lambda fut, name=name: done.put((name, fut)))
-                running[name] = future
-            name, future = done.get()
-            del running[name]
-            activation_id = future.result()  # raises the unit's failure
-            unit = plan.units[name]
-            _mark(state, list(unit.tasks), "finished")
-            for key in unit.tasks:
-                for f in posttask:
-                    f(key, None, graph, state, activation_id)
-            for child in plan.dependents[name]:
-                waiting[child].discard(name)
-                if not waiting[child]:
-                    _mark(state, list(plan.units[child].tasks), "ready")
-                    heapq.heappush(ready, (plan.units[child].priority, child))
+                first = plan.units[heapq.heappop(ready)[1]]
+                batch = [first]
+                size = batcher.size(first, len(ready) + 1)
+                while ready and len(batch) < size and batcher.batchable(plan.units[ready[0][1]]):
+                    batch.append(plan.units[heapq.heappop(ready)[1]])
+                for unit in batch:
+                    _mark(state, unit.keys, "running")
+                    for key in unit.keys:
+                        for f in pretask:
+                            f(key, graph, state)
+                future = job.backend.io.submit(job.run_units(batch))
+                future.add_done_callback(lambda fut, batch=batch: done.put((batch, fut)))
+                running.add(future)
+            batch, future = done.get()
+            running.discard(future)
+            activation_id = future.result()  # raises the batch's failure
             released = []
-            for key in {plan.source(k) for k in unit.inputs}:
-                readers[key].discard(name)
-                if not readers[key] and key not in keep:
-                    released.append(key)
+            for unit in batch:
+                batcher.finished(unit)
+                _mark(state, unit.keys, "finished")
+                for key in unit.keys:
+                    for f in posttask:
+                        f(key, None, graph, state, activation_id)
+                for child in plan.dependents[unit.name]:
+                    waiting[child].discard(unit.name)
+                    if not waiting[child]:
+                        _mark(state, plan.units[child].keys, "ready")
+                        heapq.heappush(ready, (plan.units[child].priority, child))
+                for key in {plan.source(k) for k in unit.inputs}:
+                    readers[key].discard(unit.name)
+                    if not readers[key] and key not in keep:
+                        released.append(key)
             if released:
                 job.backend.io.submit(job.release(released))
     finally:
-        for future in running.values():
+        for future in running:
             future.cancel()
-

@@ -1,36 +1,178 @@
 """Planning is pure: graphs in, units out, no server needed."""
+import operator
+import random
+
 import dask
 import dask.array as da
 import dask.bag as db
 import pytest
+from dask.core import flatten
+from dask._task_spec import Task, TaskRef
 
-from dask_whisk.plan import LocalDiskGraphError, build_plan
+from dask_whisk.fuse import FuseSettings
+from dask_whisk.plan import LocalDiskGraphError, as_task_graph, build_plan, known_sizes
 
 
-def test_aliases_and_literals_are_never_dispatched():
-    x = da.ones((10, 10), chunks=5).sum()
-    graph = x.__dask_graph__()
-    plan = build_plan(graph, x.__dask_keys__())
-    dispatched = {k for u in plan.units.values() for k in u.tasks}
-    assert not dispatched & set(plan.aliases) and not dispatched & set(plan.data)
-    for unit in plan.units.values():
-        for dep in plan.dependencies[unit.name]:
-            assert plan.units[dep].priority < unit.priority, "dask.order runs producers first"
-    # every unit input is produced by a unit it depends on, or is a client-held literal
+def run_locally(plan):
+    """Execute a plan's units in dependency order the way activations do: each unit sees only
+    its declared inputs and returns only its declared outputs."""
+    values = dict(plan.data)
+    for name in plan.topological():
+        unit = plan.units[name]
+        cache = {k: values[plan.source(k)] for k in unit.inputs}
+        for key, node in unit.tasks.items():
+            cache[key] = node(cache)
+        values.update((k, cache[k]) for k in unit.outputs)
+    return values
+
+
+def collection_plan(x, settings=FuseSettings()):
+    """The plan whisk_get makes for collection ``x``: the graph Dask hands the scheduler, with sizes."""
+    seen = {}
+
+    class Captured(Exception):
+        pass
+
+    def capture(dsk, keys, **kwargs):
+        seen.update(dsk=dsk, graph=as_task_graph(dsk.__dask_graph__()), keys=keys)
+        raise Captured
+
+    with pytest.raises(Captured):
+        dask.compute(x, scheduler=capture)
+    sources = [k for k, node in seen["graph"].items() if not node.dependencies]
+    sizes = known_sizes(seen["dsk"], sources)
+    return build_plan(seen["graph"], seen["keys"], sizes, settings), sizes, seen
+
+
+def check_well_formed(plan):
+    """Every task in exactly one unit; the unit graph acyclic; inputs produced before use."""
+    keys = [k for u in plan.units.values() for k in u.keys]
+    assert len(keys) == len(set(keys))
+    assert sorted(plan.topological()) == sorted(plan.units), "the unit graph has a cycle"
     for unit in plan.units.values():
         for key in unit.inputs:
             source = plan.source(key)
             assert source in plan.data or plan.producer[source] in plan.dependencies[unit.name]
+            assert source in plan.data or source in plan.units[plan.producer[source]].outputs
 
 
-def test_outputs_are_exactly_what_others_or_the_client_need():
+def test_aliases_and_literals_are_never_dispatched():
+    x = da.ones((10, 10), chunks=5).sum()
+    plan = build_plan(x.__dask_graph__(), x.__dask_keys__())
+    dispatched = {k for u in plan.units.values() for k in u.keys}
+    assert not dispatched & set(plan.aliases) and not dispatched & set(plan.data)
+    check_well_formed(plan)
+
+
+def test_a_chain_is_one_unit_returning_only_what_the_client_needs():
     a = dask.delayed(lambda: 1)()
     b = dask.delayed(lambda v: v + 1)(a)
     plan = build_plan(b.__dask_graph__(), [b.key])
-    by_key = {k: u for u in plan.units.values() for k in u.tasks}
-    assert by_key[a.key].outputs == (a.key,)
-    assert by_key[b.key].outputs == (b.key,)
-    assert plan.dependencies[by_key[b.key].name] == {by_key[a.key].name}
+    assert [u.keys for u in plan.units.values()] == [(a.key, b.key)]
+    assert plan.units["u0"].outputs == (b.key,)
+    unfused = build_plan(b.__dask_graph__(), [b.key], settings=FuseSettings(fuse=False))
+    by_key = {k: u for u in unfused.units.values() for k in u.keys}
+    assert by_key[a.key].outputs == (a.key,) and by_key[b.key].outputs == (b.key,)
+    assert unfused.dependencies[by_key[b.key].name] == {by_key[a.key].name}
+
+
+def test_ten_thousand_task_chain_is_one_unit_and_computes():
+    graph = {("c", 0): Task(("c", 0), operator.add, 0, 1)}
+    graph.update({("c", i): Task(("c", i), operator.add, TaskRef(("c", i - 1)), 1) for i in range(1, 10_000)})
+    plan = build_plan(graph, [("c", 9_999)])
+    assert plan.summary()["units"] == 1 and plan.summary()["tasks"] == 10_000
+    assert run_locally(plan)[("c", 9_999)] == 10_000
+
+
+def test_width_is_kept_for_the_namespace_concurrency():
+    graph = {("leaf", i): (operator.neg, i) for i in range(10_000)}
+    graph.update({("s", j): (sum, [("leaf", i) for i in range(j * 100, j * 100 + 100)]) for j in range(100)})
+    graph["total"] = (sum, [("s", j) for j in range(100)])
+    for parallelism in (16, 64, 100):
+        plan = build_plan(graph, ["total"], settings=FuseSettings(parallelism=parallelism))
+        leaf_units = {plan.producer[("leaf", i)] for i in range(10_000)}
+        assert len(leaf_units) >= min(parallelism, 100), "fusion serialised the widest level"
+        assert len(plan.units) < 10_101 / 50, "the tree of sums was not fused"
+        check_well_formed(plan)
+        assert run_locally(plan)["total"] == -sum(range(10_000))
+
+
+def test_fan_in_tree_groups_stay_within_tasks_over_parallelism():
+    leaves = [dask.delayed(operator.neg)(i) for i in range(1024)]
+    while len(leaves) > 1:
+        leaves = [dask.delayed(operator.add)(leaves[i], leaves[i + 1]) for i in range(0, len(leaves), 2)]
+    total = leaves[0]
+    plan = build_plan(total.__dask_graph__(), [total.key], settings=FuseSettings(parallelism=64))
+    assert max(len(u.keys) for u in plan.units.values()) <= -(-2047 // 64)
+    assert plan.summary()["units"] <= 2047 // 8 and plan.summary()["critical_path_units"] <= 6
+    assert run_locally(plan)[total.key] == -sum(range(1024))
+
+
+def test_cheap_getitem_runs_beside_its_producer():
+    pair = dask.delayed(lambda: (1, 2), nout=2)()
+    first, second = pair
+    heavy = [dask.delayed(operator.add)(first, i) for i in range(3)] + [dask.delayed(operator.mul)(second, 5)]
+    out = dask.delayed(sum)(heavy)
+    plan = build_plan(out.__dask_graph__(), [out.key], settings=FuseSettings(parallelism=100))
+    getitems = [k for k, node in dict(out.__dask_graph__()).items()
+                if getattr(node, "func", None) is operator.getitem]
+    assert getitems and all(plan.producer[k] == plan.producer[pair.key] for k in getitems)
+    assert run_locally(plan)[out.key] == sum(1 + i for i in range(3)) + 2 * 5
+
+
+def test_large_chunks_pull_their_consumers_and_never_cross_the_store():
+    x = da.random.random((4000, 4000), chunks=(1000, 1000))  # 8 MB chunks, each read twice
+    plan, sizes, seen = collection_plan((x + x.T).mean(axis=0).sum())
+    assert sizes and all(v == 8_000_000 for v in sizes.values() if v > 1000)
+    large = {k for k, v in sizes.items() if v >= 2 * 1024 * 1024}
+    crossing = [k for u in plan.units.values() for k in u.inputs if plan.source(k) in large]
+    assert not crossing, f"{len(crossing)} large chunks read across units"
+    unfused, _, _ = collection_plan((x + x.T).mean(axis=0).sum(), FuseSettings(fuse=False))
+    assert sum(plan.source(k) in large for u in unfused.units.values() for k in u.inputs) >= len(large)
+    check_well_formed(plan)
+    (key,) = flatten(seen["keys"])
+    assert run_locally(plan)[plan.source(key)] == pytest.approx(dask.get(seen["graph"], key))
+
+
+def test_pulling_stops_at_the_unit_byte_limit():
+    x = da.random.random((8000, 8000), chunks=(2000, 2000))  # 32 MB chunks, each read 8 times
+    settings = FuseSettings(parallelism=64, max_bytes=64 * 1024 * 1024)
+    plan, sizes, _ = collection_plan((x @ x).sum(), settings)
+    for unit in plan.units.values():
+        assert sum(sizes.get(k, 0) for k in unit.keys) <= settings.max_bytes
+    assert len(plan.units) > 16
+    check_well_formed(plan)
+
+
+def test_random_graphs_give_acyclic_plans_that_compute_the_same():
+    rng = random.Random(11)
+    for trial in range(40):
+        n = rng.randint(1, 120)
+        graph, sizes = {}, {}
+        for i in range(n):
+            deps = rng.sample(range(i), k=min(i, rng.choice([0, 1, 1, 2, 3])))
+            if deps and rng.random() < 0.2:
+                graph[f"a{i}"] = f"t{deps[0]}"  # aliases, read inside and across units
+            graph[f"t{i}"] = (sum, [f"t{d}" if rng.random() < 0.7 or f"a{d}" not in graph else f"a{d}"
+                                    for d in deps] + [i])
+            if not deps and rng.random() < 0.5:
+                sizes[f"t{i}"] = rng.choice([10, 4 << 20, 40 << 20])
+        graph["lit"] = 5
+        wanted = [f"t{n - 1}", "lit", *(f"t{i}" for i in rng.sample(range(n), k=min(n, 3)))]
+        settings = FuseSettings(parallelism=rng.choice([1, 4, 64]), max_bytes=64 << 20)
+        plan = build_plan(graph, wanted, sizes, settings)
+        check_well_formed(plan)
+        got = run_locally(plan)
+        want = dict(zip(wanted, dask.get(graph, wanted)))
+        assert {k: got[plan.source(k)] for k in wanted} == want, f"trial {trial}"
+
+
+def test_summary_counts():
+    b = db.from_sequence(range(100), npartitions=10).map(lambda v: v + 1).sum()
+    plan = build_plan(b.__dask_graph__(), b.__dask_keys__())
+    summary = plan.summary()
+    assert summary["tasks"] == sum(len(u.keys) for u in plan.units.values())
+    assert summary["units"] == len(plan.units) and 1 <= summary["critical_path_units"] <= summary["units"]
 
 
 def test_culls_to_requested_keys():
@@ -38,7 +180,7 @@ def test_culls_to_requested_keys():
     b = dask.delayed(lambda: 2)()
     graph = {**dict(a.__dask_graph__()), **dict(b.__dask_graph__())}
     plan = build_plan(graph, [a.key])
-    assert [k for u in plan.units.values() for k in u.tasks] == [a.key]
+    assert [k for u in plan.units.values() for k in u.keys] == [a.key]
 
 
 def test_disk_shuffle_is_refused_with_advice():

@@ -30,8 +30,11 @@ def test_tampered_frame_is_rejected_before_unpickling():
 
 
 def test_invocation_json_round_trip_and_version_check():
-    inv = protocol.Invocation("job", "u0", KEY, {"kind": "local"}, {"inline": "AA=="}, [], ["k-1"])
+    call = protocol.UnitCall("u0", 1, {"inline": "AA=="}, [], [protocol.output_name("u0", 1, 0)])
+    inv = protocol.Invocation("job", KEY, {"kind": "local"}, [call, call])
     assert protocol.Invocation.from_json(inv.to_json()) == inv
+    stored = protocol.Invocation("job", KEY, {"kind": "local"}, manifest=protocol.stored_ref("m-u0-a1", 9))
+    assert protocol.Invocation.from_json(stored.to_json()) == stored and "units" not in stored.to_json()
     wrong = {**inv.to_json(), "dask_whisk": 999}
     with pytest.raises(ValueError, match="dask-whisk deploy"):
         protocol.Invocation.from_json(wrong)
@@ -58,7 +61,19 @@ def test_unpicklable_exception_becomes_remote_error_with_its_text():
     assert isinstance(exc, protocol.RemoteError) and "boom" in str(exc)
 
 
+def test_attempts_never_share_output_names():
+    names = {protocol.output_name(u, a, i) for u in ("u1", "u12") for a in (1, 2, 11) for i in (0, 1, 21)}
+    assert len(names) == 2 * 3 * 3
+
+
+def test_invocation_repr_shows_no_key():
+    inv = protocol.Invocation("job", KEY, {"kind": "local"}, [])
+    assert protocol.b64(KEY) not in repr(inv) and repr(KEY) not in repr(inv)
+
+
 def test_success_result_never_has_top_level_error_key():
-    result = protocol.UnitResult([protocol.stored_ref("k-1", 10)], {"compute_s": 0.1}).to_json()
+    unit = protocol.UnitResult([protocol.stored_ref("k-1", 10)], {"compute_s": 0.1})
+    result = protocol.BatchResult([unit, unit], {"cold": True}).to_json()
     assert "error" not in result
-    assert protocol.UnitResult.from_json(result).outputs == [{"stored": "k-1", "nbytes": 10}]
+    parsed = protocol.BatchResult.from_json(result)
+    assert [u.outputs for u in parsed.units] == [[{"stored": "k-1", "nbytes": 10}]] * 2

@@ -90,7 +90,8 @@ def test_a_job_outlives_several_tokens_in_token_mode(job_token_swift):
     env = job_token_swift
     settings = {"whisk.store": "swift", "whisk.swift.auth-url": env.auth_url,
                 "whisk.swift.user": env.user, "whisk.swift.key": env.key,
-                "whisk.swift.tempurl": "off", "whisk.swift.token-refresh": 0.5}
+                "whisk.swift.tempurl": "off", "whisk.swift.token-refresh": 0.5,
+                "whisk.fuse": False}  # one activation per step, each handed the token of its time
     started = time.monotonic()
     with dask.config.set(settings):
         (got,) = dask.compute(x, scheduler=whisk_get)

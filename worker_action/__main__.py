@@ -42,7 +42,7 @@ def _read(ref: dict[str, Any], store: WorkerStore) -> bytes | memoryview:
 
 
 def _fetch(refs: list[dict[str, Any]], store: WorkerStore) -> list[bytes | memoryview]:
-    """Every frame the unit reads, stored ones fetched concurrently."""
+    """Every frame the activation reads, stored ones fetched concurrently."""
     return list(_io_pool.map(lambda ref: _read(ref, store), refs))
 
 
@@ -57,25 +57,31 @@ def _execute(spec: protocol.UnitSpec, inputs: dict) -> list[Any]:
     return [cache[key] for key in spec.outputs]
 
 
-def _place(values: list[Any], names: list[str], inv: protocol.Invocation, store: WorkerStore) -> tuple[list[dict], int]:
-    """Inline small outputs within the result budget; store the rest (concurrently)."""
-    frames = [protocol.encode(v, inv.mac_key) for v in values]
-    sizes = [protocol.frame_size(parts) for parts in frames]
-    refs: list[dict | None] = [None] * len(frames)
-    budget = protocol.INLINE_TOTAL_BYTES
-    to_store = []
-    for i, (parts, size) in enumerate(zip(frames, sizes, strict=True)):
-        if size <= protocol.INLINE_VALUE_BYTES and size <= budget:
-            budget -= size
-            refs[i] = protocol.inline_ref(protocol.join(parts))
-        else:
-            to_store.append(i)
+class _Placer:
+    """Inlines small outputs while the result's budget lasts; stores the rest (concurrently)."""
 
-    def put(i: int) -> None:
-        refs[i] = protocol.stored_ref(names[i], store.put(names[i], frames[i]))
+    def __init__(self, inv: protocol.Invocation, store: WorkerStore) -> None:
+        self.inv, self.store = inv, store
+        self.budget = protocol.INLINE_TOTAL_BYTES
 
-    list(_io_pool.map(put, to_store))
-    return refs, sum(sizes)
+    def place(self, values: list[Any], names: list[str]) -> tuple[list[dict], int]:
+        frames = [protocol.encode(v, self.inv.mac_key) for v in values]
+        sizes = [protocol.frame_size(parts) for parts in frames]
+        refs: list[dict | None] = [None] * len(frames)
+        to_store = []
+        for i, (parts, size) in enumerate(zip(frames, sizes, strict=True)):
+            if size <= protocol.INLINE_VALUE_BYTES and size <= self.budget:
+                self.budget -= size
+                refs[i] = protocol.inline_ref(protocol.join(parts))
+            else:
+                self.budget -= protocol.STORED_REF_BYTES
+                to_store.append(i)
+
+        def put(i: int) -> None:
+            refs[i] = protocol.stored_ref(names[i], self.store.put(names[i], frames[i]))
+
+        list(_io_pool.map(put, to_store))
+        return refs, sum(sizes)
 
 
 def _pong(args: dict[str, Any]) -> dict[str, Any]:
@@ -95,8 +101,17 @@ def _pong(args: dict[str, Any]) -> dict[str, Any]:
     return answer
 
 
+def _calls(inv: protocol.Invocation, store: WorkerStore) -> tuple[list[protocol.UnitCall], WorkerStore]:
+    """The invocation's units and the store grant they use: read from the manifest (whose own
+    grant reads only the manifest) when the entries did not fit OpenWhisk's payload limit."""
+    if inv.manifest is None:
+        return inv.units, store
+    manifest = protocol.decode(_read(inv.manifest, store), inv.mac_key)
+    return [protocol.UnitCall.from_json(e) for e in manifest["units"]], open_worker_store(manifest["store"])
+
+
 def main(args: dict[str, Any]) -> dict[str, Any]:
-    """OpenWhisk entry point: run the unit described by ``args``; see ``dask_whisk.protocol``."""
+    """OpenWhisk entry point: run the units described by ``args``; see ``dask_whisk.protocol``."""
     global _served
     _served += 1
     if args.get("ping"):
@@ -104,32 +119,42 @@ def main(args: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     inv = protocol.Invocation.from_json(args)
     store = open_worker_store(inv.store)
-    spec_frame, *input_frames = _fetch([inv.spec, *inv.inputs], store)
-    spec: protocol.UnitSpec = protocol.decode(spec_frame, inv.mac_key)
     try:
-        inputs = {key: protocol.decode(frame, inv.mac_key) for key, frame in zip(spec.inputs, input_frames, strict=True)}
+        calls, store = _calls(inv, store)
+        frames = iter(_fetch([ref for c in calls for ref in (c.spec, *c.inputs)], store))
     except protocol.TamperedObject as exc:  # the client gets this exception type back
-        return protocol.error_envelope(exc, next(iter(spec.tasks)), inv.mac_key)
-    bytes_in = sum(memoryview(f).nbytes for f in input_frames)
-    fetched = time.perf_counter()
-    try:
-        values = _execute(spec, inputs)
-    except _TaskFailed as failed:
-        return protocol.error_envelope(failed.exc, failed.key, inv.mac_key, skip_files=_MACHINERY)
-    del inputs, input_frames
-    computed = time.perf_counter()
-    refs, bytes_out = _place(values, inv.outputs, inv, store)
-    stored = time.perf_counter()
-    return protocol.UnitResult(
-        outputs=refs,
-        stats={
-            "fetch_s": fetched - started,
-            "compute_s": computed - fetched,
-            "store_s": stored - computed,
-            "bytes_in": bytes_in,
+        return protocol.error_envelope(exc, inv.job, inv.mac_key)
+    placer = _Placer(inv, store)
+    results = []
+    for call in calls:
+        unit_started = time.perf_counter()
+        spec_frame = next(frames)
+        input_frames = [next(frames) for _ in call.inputs]
+        try:
+            spec: protocol.UnitSpec = protocol.decode(spec_frame, inv.mac_key)
+            inputs = {key: protocol.decode(f, inv.mac_key) for key, f in zip(spec.inputs, input_frames, strict=True)}
+        except protocol.TamperedObject as exc:
+            return protocol.error_envelope(exc, call.unit, inv.mac_key)
+        decoded = time.perf_counter()
+        try:
+            values = _execute(spec, inputs)
+        except _TaskFailed as failed:
+            return protocol.error_envelope(failed.exc, failed.key, inv.mac_key, skip_files=_MACHINERY)
+        del inputs
+        computed = time.perf_counter()
+        refs, bytes_out = placer.place(values, call.outputs)
+        del values
+        results.append(protocol.UnitResult(refs, {
+            "decode_s": decoded - unit_started,
+            "compute_s": computed - decoded,
+            "store_s": time.perf_counter() - computed,
+            "bytes_in": sum(memoryview(f).nbytes for f in input_frames),
             "bytes_out": bytes_out,
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "cold": _served == 1,
-            "pid": os.getpid(),
-        },
-    ).to_json()
+        }))
+        del input_frames, spec_frame
+    return protocol.BatchResult(results, {
+        "duration_s": time.perf_counter() - started,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "cold": _served == 1,
+        "pid": os.getpid(),
+    }).to_json()

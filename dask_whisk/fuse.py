@@ -1,0 +1,181 @@
+"""Which tasks share an activation: fusion rules over a culled task graph. Pure, no I/O.
+
+An activation costs an invoke round trip and every value that leaves it crosses the store, so
+tasks are grouped when that saves both without losing parallelism the namespace could use:
+
+1. cheap tasks (``getitem``, containers) run with their only producer, else their only consumer;
+2. linear chains: a task whose only consumer has no other input runs with that consumer;
+3. large outputs pull their consumers in (Wukong's rule), while the group's known bytes stay
+   within ``max_bytes`` and no path leaves the group and comes back (no cycle between units);
+   sizes are trusted for tasks that read nothing, the chunks an array layer describes;
+4. fan-in trees: a task absorbs producers that feed only it, while a group stays within
+   ``max_tasks`` (the graph's tasks over the parallelism, so the widest level stays wide).
+
+Batching many small independent groups into one activation is decided at dispatch time, when
+the free concurrency and the measured durations are known (see ``scheduler``).
+"""
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+
+from dask._task_spec import DataNode, Dict, GraphNode, List, Task
+
+Key = Hashable
+
+#: functions whose task costs nothing next to an invoke: always run beside a neighbour
+CHEAP_FUNCTIONS = frozenset({operator.getitem, tuple, list, dict, set, len, id})
+#: visits allowed when checking that a merge leaves the unit graph acyclic (beyond it: refuse)
+CYCLE_CHECK_VISITS = 10_000
+
+
+@dataclass(frozen=True)
+class FuseSettings:
+    """Limits of the grouping rules; ``fuse=False`` gives one task per unit."""
+
+    fuse: bool = True
+    #: concurrent activations the namespace can run: the widest level keeps at least this many units
+    parallelism: int = 64
+    #: an output at least this large pulls its consumers into its unit
+    large_bytes: int = 2 * 1024 * 1024
+    #: known bytes (inputs and outputs) a unit built by rule 3 may hold
+    max_bytes: int = 128 * 1024 * 1024
+
+
+def is_cheap(node: GraphNode) -> bool:
+    """Whether running ``node`` costs nothing worth an activation of its own."""
+    if isinstance(node, (List, Dict, DataNode)):
+        return True
+    return isinstance(node, Task) and node.func in CHEAP_FUNCTIONS
+
+
+class _Groups:
+    """Union-find over tasks, with each group's members kept in a list."""
+
+    def __init__(self, keys) -> None:
+        self.parent = {k: k for k in keys}
+        self.members = {k: [k] for k in keys}
+
+    def find(self, key: Key) -> Key:
+        root = key
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[key] != root:
+            self.parent[key], key = root, self.parent[key]
+        return root
+
+    def union(self, a: Key, b: Key) -> Key:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return ra
+        if len(self.members[ra]) < len(self.members[rb]):
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        self.members[ra].extend(self.members.pop(rb))
+        return ra
+
+
+def group_tasks(
+    tasks: Mapping[Key, GraphNode],
+    dependencies: Mapping[Key, set],
+    priority: Mapping[Key, int],
+    sizes: Mapping[Key, int] | None = None,
+    settings: FuseSettings = FuseSettings(),
+) -> list[list[Key]]:
+    """Partition ``tasks`` into groups, each in execution (``dask.order``) order, groups in order
+    of their first task. ``dependencies`` maps each task to the tasks it reads (aliases resolved,
+    client-held values left out); ``sizes`` holds output bytes known before running."""
+    by_priority = sorted(tasks, key=priority.__getitem__)
+    if not settings.fuse:
+        return [[k] for k in by_priority]
+    sizes = sizes or {}
+    dependents: dict[Key, set] = {k: set() for k in tasks}
+    for key, deps in dependencies.items():
+        for dep in deps:
+            dependents[dep].add(key)
+    groups = _Groups(tasks)
+
+    def ext(root: Key, links: Mapping[Key, set]) -> set:
+        return {groups.find(o) for m in groups.members[root] for o in links[m]} - {root}
+
+    # 1. cheap tasks beside their only producer (they are smaller), else their only consumer
+    for key in by_priority:
+        if not is_cheap(tasks[key]):
+            continue
+        root = groups.find(key)
+        if not all(is_cheap(tasks[m]) for m in groups.members[root]):
+            continue  # already beside a producer or consumer that does real work
+        for links in (dependencies, dependents):
+            neighbours = ext(root, links)
+            if len(neighbours) == 1:
+                groups.union(root, neighbours.pop())
+                break
+    # 2. linear chains
+    for key in by_priority:
+        if len(dependents[key]) == 1:
+            (consumer,) = dependents[key]
+            if len(dependencies[consumer]) == 1:
+                groups.union(key, consumer)
+    # 3. large outputs pull their consumers in
+    known = {k: sizes[k] for k in tasks if not dependencies[k] and sizes.get(k, 0) >= settings.large_bytes}
+    group_bytes = {}
+
+    def nbytes(root: Key) -> int:
+        if root not in group_bytes:
+            group_bytes[root] = sum(known.get(m, 0) for m in groups.members[root])
+        return group_bytes[root]
+
+    for key in sorted(known, key=priority.__getitem__):
+        for consumer in sorted(dependents[key], key=priority.__getitem__):
+            root, other = groups.find(key), groups.find(consumer)
+            if root == other:
+                continue
+            # the consumer's other large inputs come along, so count them now
+            pulled = {groups.find(d) for d in dependencies[consumer] if d in known} - {root, other}
+            total = nbytes(root) + nbytes(other) + sum(nbytes(p) for p in pulled)
+            merging = {root, other, *pulled}
+            if total > settings.max_bytes or _closes_cycle(merging, groups, dependents):
+                continue
+            for part in merging:
+                group_bytes.pop(part, None)
+                root = groups.union(root, part)
+    # 4. fan-in trees, bottom up
+    max_tasks = max(1, math.ceil(len(tasks) / max(1, settings.parallelism)))
+    for key in by_priority:
+        root = groups.find(key)
+        feeders = {groups.find(d) for d in dependencies[key]} - {root}
+        feeders = [d for d in feeders if ext(d, dependents) == {root}]
+        size = len(groups.members[root])
+        for feeder in sorted(feeders, key=lambda r: len(groups.members[r])):
+            if size + len(groups.members[feeder]) > max_tasks:
+                break
+            size += len(groups.members[feeder])
+            root = groups.union(root, feeder)
+    result = [sorted(members, key=priority.__getitem__) for members in groups.members.values()]
+    return sorted(result, key=lambda g: priority[g[0]])
+
+
+def _closes_cycle(merging: set, groups: _Groups, dependents: Mapping[Key, set]) -> bool:
+    """Whether some path leaves the groups in ``merging`` and re-enters them (a cycle once merged).
+
+    Conservative: a search longer than :data:`CYCLE_CHECK_VISITS` counts as a cycle."""
+    frontier = [groups.find(o) for r in merging for m in groups.members[r] for o in dependents[m]]
+    frontier = [g for g in frontier if g not in merging]
+    seen: set = set()
+    while frontier:
+        root = frontier.pop()
+        if root in seen:
+            continue
+        seen.add(root)
+        if len(seen) > CYCLE_CHECK_VISITS:
+            return True
+        for m in groups.members[root]:
+            for o in dependents[m]:
+                g = groups.find(o)
+                if g in merging:
+                    return True
+                if g not in seen:
+                    frontier.append(g)
+    return False
