@@ -180,7 +180,18 @@ def test_package_defaults_and_accessors():
     with dask.config.set({"whisk.store": "swift"}):
         assert setting("store") == "swift"
     settings = ClientSettings.from_dask_config()
-    assert settings.connection_limit >= 16 and settings.retry_attempts >= 1
+    assert (settings.retry_attempts, settings.retry_max_seconds, settings.run_timeout,
+            settings.max_in_flight) == (12, 120.0, 900.0, None)
+    # no connection limit configured: half the open-files limit, within [16, 10,000]
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        for limit, expected in ((20, 16), (1000, 500), (min(hard, 40_000), min(hard, 40_000) // 2)):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+            assert ClientSettings.from_dask_config().connection_limit == min(expected, 10_000), limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     with dask.config.set({"whisk.client.connection-limit": 50, "whisk.max-in-flight": 8}):
         settings = ClientSettings.from_dask_config(retry_attempts=3)
         assert (settings.connection_limit, settings.max_in_flight, settings.retry_attempts) == (50, 8, 3)
