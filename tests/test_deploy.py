@@ -168,10 +168,24 @@ def test_full_zip_runs_the_worker_with_only_its_virtualenv(full_zip_dir):
         assert answer[module].startswith(str(full_zip_dir / SITE)), answer[module]
 
 
-def test_wheels_come_from_the_cache_on_a_second_build(full_zip, tmp_path):
-    # The session fixture filled ~/.cache/dask-whisk: a manifest now names every wheel.
+def test_wheels_come_from_the_cache_on_a_second_build(full_zip, tmp_path, monkeypatch):
+    # The session fixture filled ~/.cache/dask-whisk: a manifest now names every wheel, so a
+    # second build asks no index. Proved by pointing pip at an index that refuses connections
+    # (and at no config file, no find-links): any question to it would fail the build.
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    monkeypatch.setenv("PIP_CONFIG_FILE", "/dev/null")
+    monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{port}/simple")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setenv("PIP_DEFAULT_TIMEOUT", "2")
+    for name in ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_NO_INDEX"):
+        monkeypatch.delenv(name, raising=False)
     requirements = artifact.worker_requirements(PYTHON)
     wheels = artifact.download_wheels(requirements, PYTHON, artifact.default_cache_dir())
+    assert wheels and all(p.is_file() for p in wheels)
     manifests = list(wheels[0].parent.glob("manifest-*.json"))
     assert manifests and any(sorted(p.name for p in wheels) == json.loads(m.read_text()) for m in manifests)
 
