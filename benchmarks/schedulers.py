@@ -1,105 +1,306 @@
-"""whisk_get against Dask's own schedulers on the same workloads, in one run.
+"""whisk_get against Dask's own schedulers and distributed.LocalCluster on the same work, in one run.
 
-    .venv/bin/python benchmarks/schedulers.py [--repeat 3] [--only NAME ...] [--store local|swift]
+    .venv/bin/python benchmarks/schedulers.py [--repeat 3] [--only SUBSTRING ...] [--latency-ms 50]
+                                              [--json OUT.json]
 
-Prints wall seconds (best of --repeat) per scheduler and the ratio whisk / threads. whisk runs on
-the embedded default (local OpenWhisk-compatible server on this machine) unless an OpenWhisk is
-configured; one warm-up job first, so cold starts of the server and containers are reported
-separately, not folded into the figures.
+Every row runs each competitor in turn, interleaved over ``--repeat`` rounds, and reports the
+median wall time and the spread (min-max). whisk runs on the embedded default (the local
+OpenWhisk-compatible server, warm containers: one untimed warm-up run per row first, the cold
+first run of the whole script reported apart) twice, with fusion and with ``whisk.fuse: false``
+(one task per unit), and with ``--latency-ms`` once more against a second local server that adds
+that latency to every invoke, as a real cloud's API does. For whisk the table adds the
+activations and the bytes written to the store and carried inline (from ``last_report()``).
+The scale row plans and dispatches a 100,000-task graph and gives the client's CPU per task
+next to the threaded scheduler's per-task overhead on the same graph.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import operator
+import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import dask
 import dask.array as da
 import dask.bag as db
 import numpy as np
 
+import dask_whisk
 from dask_whisk import whisk_get
 
+ROOT = Path(__file__).resolve().parent.parent
 
-def array_mean() -> object:
+
+# --- the work ------------------------------------------------------------------------------------
+
+@dataclass
+class Work:
+    """A graph or collection, computed by any get-function."""
+
+    graph: dict | None = None
+    keys: Any = None
+    collection: Any = None
+
+    def run(self, get: Callable) -> Any:
+        if self.graph is not None:
+            return get(self.graph, self.keys)
+        return dask.compute(self.collection, scheduler=get)[0]
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def add(*xs: int) -> int:
+    return sum(xs)
+
+
+def _sum_tree(graph: dict, leaves: list, name: str, fan_in: int = 8) -> Any:
+    """Add a tree of sums over ``leaves`` to ``graph``; return the root key."""
+    level = 0
+    while len(leaves) > 1:
+        level += 1
+        parents = []
+        for i in range(0, len(leaves), fan_in):
+            key = (f"{name}-{level}", i // fan_in)
+            graph[key] = (add, *leaves[i:i + fan_in])
+            parents.append(key)
+        leaves = parents
+    return leaves[0]
+
+
+def independent_raw(n: int = 10_000) -> Work:
+    graph = {("inc", i): (inc, i) for i in range(n)}
+    return Work(graph=graph, keys=_sum_tree(graph, list(graph), "sum"))
+
+
+def independent_delayed(n: int = 10_000) -> Work:
+    leaves = [dask.delayed(inc, pure=True)(i) for i in range(n)]
+    while len(leaves) > 1:
+        leaves = [dask.delayed(add, pure=True)(*leaves[i:i + 8]) for i in range(0, len(leaves), 8)]
+    return Work(collection=leaves[0])
+
+
+def chain_raw(n: int = 10_000) -> Work:
+    graph: dict = {("chain", 0): (inc, 0)}
+    for i in range(1, n):
+        graph[("chain", i)] = (inc, ("chain", i - 1))
+    return Work(graph=graph, keys=("chain", n - 1))
+
+
+def array_mean() -> Work:
     x = da.random.RandomState(0).random((10_000, 10_000), chunks=(1_000, 1_000))
-    return (x + x.T).mean(axis=0).sum()
+    return Work(collection=(x + x.T).mean(axis=0).sum())
 
 
-def matmul() -> object:
-    x = da.random.RandomState(1).random((4_000, 4_000), chunks=(1_000, 1_000))
-    return (x @ x).sum()
+def matmul() -> Work:
+    x = da.random.RandomState(1).random((8_000, 8_000), chunks=(2_000, 2_000))
+    return Work(collection=(x @ x).sum())
 
 
-def svd() -> object:
+def svd() -> Work:
     x = da.random.RandomState(2).random((200_000, 100), chunks=(10_000, 100))
-    return da.linalg.svd(x)[1]
+    return Work(collection=da.linalg.svd(x)[1])
 
 
-def word_count() -> object:
-    words = np.array("the quick brown fox jumps over the lazy dog with dask on openwhisk".split())
-
-    def lines(seed: int) -> list[str]:
-        rs = np.random.RandomState(seed)
-        return [" ".join(rs.choice(words, 12)) for _ in range(2_000)]
-
-    bag = db.from_sequence(range(200), npartitions=200).map_partitions(lambda s: lines(s[0]))
-    return bag.str.split().flatten().frequencies()
+def tsqr() -> Work:
+    x = da.random.RandomState(3).random((262_144, 128), chunks=(8_192, 128))
+    return Work(collection=da.linalg.tsqr(x)[1])
 
 
-def monte_carlo_pi() -> object:
-    xy = da.random.RandomState(3).random((2, 10_000_000), chunks=(2, 10_000))
-    return 4 * ((xy**2).sum(axis=0) < 1).mean()
+WORDS = np.array("the quick brown fox jumps over the lazy dog with dask on openwhisk".split())
 
 
-def many_delayed() -> object:
-    inc = dask.delayed(lambda v: v + 1, pure=True)
-    return dask.delayed(sum)([inc(i) for i in range(2_000)])
+def text_partition(seed: int) -> list[str]:
+    """About 1 MB of synthetic text."""
+    rs = np.random.RandomState(seed)
+    return [" ".join(rs.choice(WORDS, 12)) for _ in range(15_000)]
 
 
-WORKLOADS: dict[str, Callable[[], object]] = {
-    "array (x + x.T).mean(0).sum() 10k^2/1k^2": array_mean,
-    "matmul 4k^2/1k^2": matmul,
-    "svd 200k x 100": svd,
-    "bag word count 200 partitions": word_count,
-    "monte carlo pi 1000 chunks": monte_carlo_pi,
-    "2,000 tiny delayed tasks": many_delayed,
+def word_count() -> Work:
+    bag = db.from_sequence(range(200), npartitions=200).map_partitions(lambda s: text_partition(s[0]))
+    return Work(collection=bag.str.split().flatten().frequencies())
+
+
+def monte_carlo_pi() -> Work:
+    xy = da.random.RandomState(4).random((2, 10_000_000), chunks=(2, 10_000))
+    return Work(collection=4 * ((xy**2).sum(axis=0) < 1).mean())
+
+
+def delayed_tree(leaves: int = 1_024) -> Work:
+    level = [dask.delayed(inc, pure=True)(i) for i in range(leaves)]
+    while len(level) > 1:
+        level = [dask.delayed(operator.add, pure=True)(a, b) for a, b in zip(level[::2], level[1::2])]
+    return Work(collection=level[0])
+
+
+def one_task() -> Work:
+    return Work(collection=dask.delayed(inc)(1))
+
+
+def small_array_sum() -> Work:
+    return Work(collection=da.ones((1_000, 1_000), chunks=500).sum())
+
+
+ROWS: dict[str, Callable[[], Work]] = {
+    "1a 10k independent + sum tree (raw graph)": independent_raw,
+    "1b 10k independent + sum tree (delayed)": independent_delayed,
+    "1c 10k-task chain (raw graph)": chain_raw,
+    "2  (x + x.T).mean(0).sum() 10k^2/1k^2": array_mean,
+    "3  (x @ x).sum() 8k^2/2k^2": matmul,
+    "4a svd 200k x 100 /10k rows": svd,
+    "4b tsqr 262144 x 128 /8192 rows": tsqr,
+    "5  bag word count 200 x 1 MB": word_count,
+    "6  monte carlo pi 1000 chunks": monte_carlo_pi,
+    "7  1024-leaf delayed tree": delayed_tree,
+    "8a one-task job": one_task,
+    "8b 4-chunk array sum": small_array_sum,
 }
-SCHEDULERS = {"sync": "sync", "threads": "threads", "processes": "processes", "whisk": whisk_get}
 
 
-def best_of(repeat: int, collection: object, scheduler: object) -> float:
-    times = []
+# --- the competitors -----------------------------------------------------------------------------
+
+def whisk_variant(config: dict[str, Any]) -> Callable:
+    def get(dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        with dask.config.set(config):
+            return whisk_get(dsk, keys, **kwargs)
+    return get
+
+
+def latency_server(latency_ms: int, stack: ExitStack) -> dict[str, Any]:
+    """A second local server adding ``latency_ms`` to every invoke, worker deployed; its config."""
+    from dask_whisk.backend import EMBEDDED_LIMITS
+    from dask_whisk.server import ServerSettings, start_server_process
+    from dask_whisk.server.settings import FaultSettings
+
+    server = start_server_process(ServerSettings(port=0, faults=FaultSettings(latency_ms=latency_ms),
+                                                 **EMBEDDED_LIMITS))
+    stack.callback(server.stop)
+    subprocess.run([str(Path(sys.executable).with_name("dask-whisk")), "deploy", "--without-dependencies",
+                    "--apihost", server.url, "--auth", server.auth], check=True, stdout=subprocess.DEVNULL)
+    return {"whisk.apihost": server.url, "whisk.auth": server.auth}
+
+
+def competitors(args: argparse.Namespace, stack: ExitStack) -> dict[str, Callable]:
+    from distributed import Client, LocalCluster
+
+    cluster = stack.enter_context(LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                               dashboard_address=None))
+    client = stack.enter_context(Client(cluster))
+    found = {
+        "sync": dask.get,
+        "threads": dask.threaded.get,
+        "processes": dask.multiprocessing.get,
+        "local-cluster": client.get,
+        "whisk": whisk_get,
+        "whisk-nofuse": whisk_variant({"whisk.fuse": False}),
+    }
+    if args.latency_ms:
+        found[f"whisk+{args.latency_ms}ms"] = whisk_variant(latency_server(args.latency_ms, stack))
+    return found
+
+
+# --- measuring -----------------------------------------------------------------------------------
+
+def measure(work: Work, gets: dict[str, Callable], repeat: int) -> dict[str, dict[str, Any]]:
+    """Interleaved rounds: each competitor once per round; medians, spreads, whisk's reports.
+    A competitor that fails on the row is reported with its error and not run again."""
+    for name, get in gets.items():
+        if name.startswith("whisk"):
+            work.run(get)  # warm this row's containers
+    times: dict[str, list[float]] = {name: [] for name in gets}
+    errors: dict[str, str] = {}
+    reports: dict[str, dict] = {}
     for _ in range(repeat):
-        start = time.perf_counter()
-        dask.compute(collection, scheduler=scheduler)
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for name, get in gets.items():
+            if name in errors:
+                continue
+            start = time.perf_counter()
+            try:
+                work.run(get)
+            except Exception as exc:  # noqa: BLE001  (a competitor's limit is a result, too)
+                errors[name] = f"{type(exc).__name__}: {str(exc)[:80]}"
+                continue
+            times[name].append(time.perf_counter() - start)
+            if name.startswith("whisk"):
+                reports[name] = dask_whisk.last_report().to_json()
+    results: dict[str, dict[str, Any]] = {name: {"error": error} for name, error in errors.items()}
+    for name, t in times.items():
+        if name not in errors:
+            results[name] = {"median": statistics.median(t), "min": min(t), "max": max(t),
+                             **({"report": reports[name]} if name in reports else {})}
+    return {name: results[name] for name in gets}
+
+
+def scale_row(n: int = 100_000) -> dict[str, float]:
+    """Client CPU per task of whisk_get on ``n`` trivial independent tasks, and threads' overhead."""
+    graph = {("s", i): (inc, i) for i in range(n)}
+    root = _sum_tree(graph, list(graph), "sum", fan_in=16)
+    tasks = len(graph)
+    result = {}
+    for name, get in (("threads", dask.threaded.get), ("whisk", whisk_get)):
+        cpu, start = time.process_time(), time.perf_counter()
+        get(graph, root)
+        result[f"{name}_wall_s"] = time.perf_counter() - start
+        result[f"{name}_cpu_us_per_task"] = (time.process_time() - cpu) / tasks * 1e6
+    result["tasks"] = tasks
+    result["activations"] = dask_whisk.last_report().activations
+    return result
+
+
+def print_row(name: str, results: dict[str, dict[str, Any]]) -> None:
+    print(f"\n{name}")
+    for competitor, r in results.items():
+        if "error" in r:
+            print(f"  {competitor:<14} failed: {r['error']}")
+            continue
+        line = f"  {competitor:<14} {r['median']:8.3f} s  [{r['min']:.3f}-{r['max']:.3f}]"
+        if "report" in r:
+            rep = r["report"]
+            line += (f"  tasks {rep['tasks']:>6} activations {rep['activations']:>6} "
+                     f"stored {rep['bytes_stored'] / 1e6:8.1f} MB inline {rep['bytes_inline'] / 1e6:6.2f} MB")
+        print(line)
+    whisk = results["whisk"].get("median")
+    if whisk:
+        ratios = "  ".join(f"{c} {r['median'] / whisk:.2f}x" for c, r in results.items()
+                           if c != "whisk" and "median" in r)
+        print(f"  speed-up of whisk over: {ratios}", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--only", nargs="*", help="substrings of workload names to run")
-    parser.add_argument("--store", choices=["local", "swift"], default=None)
+    parser.add_argument("--only", nargs="*", help="substrings of row names to run ('scale' for the scale row)")
+    parser.add_argument("--latency-ms", type=int, default=50, help="0: no latency pass")
+    parser.add_argument("--json", type=Path, help="also write every figure to this file")
     args = parser.parse_args()
-    if args.store:
-        dask.config.set({"whisk.store": args.store})
+    wanted = lambda name: not args.only or any(s in name for s in args.only)  # noqa: E731
     start = time.perf_counter()
-    dask.compute(dask.delayed(sum)([1, 2]), scheduler=whisk_get)
-    print(f"whisk start-up (server, deploy, first cold start): {time.perf_counter() - start:.2f} s\n")
-    header = f"{'workload':<44}" + "".join(f"{name:>11}" for name in SCHEDULERS) + f"{'whisk/threads':>15}"
-    print(header)
-    print("-" * len(header))
-    for name, make in WORKLOADS.items():
-        if args.only and not any(s in name for s in args.only):
-            continue
-        collection = make()
-        dask.compute(collection, scheduler=whisk_get)  # warm the containers for this workload
-        seconds = {s: best_of(args.repeat, collection, sched) for s, sched in SCHEDULERS.items()}
-        ratio = seconds["whisk"] / seconds["threads"]
-        print(f"{name:<44}" + "".join(f"{seconds[s]:>11.2f}" for s in SCHEDULERS) + f"{ratio:>15.1f}x",
-              flush=True)
+    dask.compute(dask.delayed(inc)(1), scheduler=whisk_get)
+    figures: dict[str, Any] = {"cold_start_s": time.perf_counter() - start}
+    print(f"whisk cold start (server, deploy, first container): {figures['cold_start_s']:.2f} s")
+    with ExitStack() as stack:
+        gets = competitors(args, stack)
+        for name, make in ROWS.items():
+            if wanted(name):
+                figures[name] = measure(make(), gets, args.repeat)
+                print_row(name, figures[name])
+    if wanted("scale"):
+        figures["scale"] = scale_row()
+        s = figures["scale"]
+        print(f"\nscale: {s['tasks']} tasks, {s['activations']} activations; client CPU per task "
+              f"whisk {s['whisk_cpu_us_per_task']:.1f} us ({s['whisk_wall_s']:.2f} s wall), "
+              f"threads {s['threads_cpu_us_per_task']:.1f} us ({s['threads_wall_s']:.2f} s wall)")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,13 @@ def whisk_get(dsk: Mapping | Any, keys: Sequence | Any, **kwargs: Any) -> Any:
     return get(dsk, keys, **kwargs)
 
 
+def last_report() -> Any:
+    """The :class:`~dask_whisk.report.JobReport` of the last ``whisk_get`` job (None before any)."""
+    from .report import last_report
+
+    return last_report()
+
+
 def _register() -> None:
     """Make ``scheduler="whisk"`` work the way ``"threads"`` or ``"sync"`` do."""
     try:
@@ -32,4 +39,4 @@ def _register() -> None:
 
 _register()
 
-__all__ = ["whisk_get", "__version__"]
+__all__ = ["whisk_get", "last_report", "__version__"]

@@ -21,6 +21,7 @@ from . import protocol
 from .backend import Backend
 from .openwhisk import WhiskConnectionError, WhiskServerError, WhiskTimeout
 from .plan import Plan, Unit
+from .report import JobReport
 from .store import new_job_id, open_job_store
 
 Key = Hashable
@@ -68,8 +69,8 @@ class Job:
         #: unit name -> where its spec frame is
         self.specs: dict[str, dict[str, Any]] = {}
         self.stats: dict[str, dict[str, Any]] = {}
-        #: attempts run again after a platform failure
-        self.retried = 0
+        self.report = JobReport(**{k: v for k, v in plan.summary().items() if k in
+                                   ("tasks", "units", "critical_path_units")})
 
     # --- before the first invoke (client thread) -------------------------------------------
 
@@ -77,11 +78,13 @@ class Job:
         """Serialise every unit and every client-held value; fail here, before any invoke."""
         for key, value in self.plan.data.items():
             self.refs[key] = self._place(protocol.object_name(key), self._encode(value, f"value of {key!r}"))
+            self.report.add_ref(self.refs[key])
         for unit in self.plan.units.values():
             spec = protocol.UnitSpec(tasks=unit.tasks, inputs=unit.inputs, outputs=unit.outputs)
             what = f"task {next(iter(unit.tasks))!r}"
             self.specs[unit.name] = self._place(f"spec-{unit.name}", self._encode(spec, what),
                                                 inline_limit=protocol.INLINE_TOTAL_BYTES // 2)
+            self.report.add_ref(self.specs[unit.name])
 
     def _encode(self, value: Any, what: str) -> list:
         try:
@@ -158,7 +161,7 @@ class Job:
                 await self._forget(written)
             if attempt == attempts or not retryable(record):
                 raise failure
-            self.retried += 1
+            self.report.retries += 1
             await asyncio.sleep(random.uniform(0.5, 1.0) * min(RETRY_BACKOFF_MAX, RETRY_BACKOFF * 2 ** attempt))
         raise AssertionError("unreachable")
 
@@ -166,7 +169,9 @@ class Job:
         for unit, result in zip(units, batch.units, strict=True):
             for key, ref in zip(unit.outputs, result.outputs, strict=True):
                 self.refs[key] = ref
+                self.report.add_ref(ref)
             self.stats[unit.name] = result.stats
+        self.report.add_activation(batch.stats, [u.stats for u in batch.units])
 
     async def _forget(self, names: list[str]) -> None:
         if names:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import queue
+import time
 from collections.abc import Hashable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -22,6 +23,7 @@ from .backend import get_backend
 from .job import Job
 from .fuse import FuseSettings
 from .plan import Plan, Unit, as_task_graph, build_plan, flat_keys, known_sizes
+from .report import record
 
 Key = Hashable
 
@@ -85,6 +87,7 @@ def get(dsk: Mapping | Any, keys: Sequence[Key] | Key, callbacks=None, **kwargs:
     Accepts whatever Dask hands a scheduler (a graph mapping or a collection expression);
     unknown keyword arguments are ignored, as by Dask's own schedulers.
     """
+    started = time.perf_counter()
     graph = as_task_graph(dsk if isinstance(dsk, Mapping) else dsk.__dask_graph__())
     backend = get_backend()
     cap = dask.config.get("whisk.max-in-flight")
@@ -103,6 +106,7 @@ def get(dsk: Mapping | Any, keys: Sequence[Key] | Key, callbacks=None, **kwargs:
             for f in start_state:
                 f(graph, state)
             job.prepare()
+            job.report.plan_s = time.perf_counter() - started
             wanted = flat_keys(keys)
             _run(job, graph, wanted, state, pretask, posttask, max_in_flight)
             results = job.values(wanted)
@@ -113,6 +117,9 @@ def get(dsk: Mapping | Any, keys: Sequence[Key] | Key, callbacks=None, **kwargs:
                     f(graph, state, failed)
             finally:
                 job.close()
+                job.report.failed = failed
+                job.report.wall_s = time.perf_counter() - started
+                record(job.report)
     return nested_get(keys, results)
 
 
