@@ -122,7 +122,7 @@ WORDS = np.array("the quick brown fox jumps over the lazy dog with dask on openw
 def text_partition(seed: int) -> list[str]:
     """About 1 MB of synthetic text."""
     rs = np.random.RandomState(seed)
-    return [" ".join(rs.choice(WORDS, 12)) for _ in range(15_000)]
+    return [" ".join(line) for line in rs.choice(WORDS, (15_000, 12)).tolist()]
 
 
 def word_count() -> Work:

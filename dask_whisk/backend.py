@@ -66,6 +66,9 @@ class Backend:
         self.io = EventLoopThread()
         self.client = None
         self.max_in_flight = UNBOUNDED_IN_FLIGHT
+        #: activations that really run at once: the namespace's concurrency, or on the embedded
+        #: server the containers its memory pool holds (more in flight only queue)
+        self.parallelism = UNBOUNDED_IN_FLIGHT
         try:
             self.io.run(self._prepare())
         except BaseException:
@@ -77,12 +80,16 @@ class Backend:
         from .openwhisk import OpenWhiskClient
 
         self.client = OpenWhiskClient(self.whisk)
-        await ensure_worker_action(
+        action = await ensure_worker_action(
             self.client, self.action, local=self.embedded,
             memory_mb=dask.config.get("whisk.action-memory"),
             timeout_ms=dask.config.get("whisk.action-timeout"),
         )
         self.max_in_flight = await self.client.configure_pacing() or UNBOUNDED_IN_FLIGHT
+        self.parallelism = self.max_in_flight
+        memory_mb = (action.get("limits") or {}).get("memory")
+        if self.embedded and memory_mb:
+            self.parallelism = min(self.parallelism, max(1, EMBEDDED_LIMITS["user_memory_mb"] // memory_mb))
 
     def close(self) -> None:
         """Close connections and stop the loop thread; safe to call more than once."""

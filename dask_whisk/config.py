@@ -37,6 +37,9 @@ DEFAULTS: dict[str, Any] = {
         "action-memory": None,  # MB for the worker action whisk_get deploys; None: 512 in range
         "action-timeout": None,  # ms for the worker action whisk_get deploys; None: 300000 in range
         "max-in-flight": None,  # cap on concurrent activations; None: the namespace's limit
+        "parallelism": None,  # activations that run at once, for fusion and batching; None: the
+        # namespace's concurrency (embedded server: the containers its memory pool holds)
+        "backups": True,  # launch a backup copy of a straggling activation; the first result wins
         "retries": 2,  # extra attempts of a unit after a platform failure (not after user errors)
         "fuse": True,  # group tasks into units (False: one task per activation, for comparison)
         "fuse-large-bytes": 2097152,  # an output this large pulls its consumers into its unit

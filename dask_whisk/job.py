@@ -69,6 +69,9 @@ class Job:
         #: unit name -> where its spec frame is
         self.specs: dict[str, dict[str, Any]] = {}
         self.stats: dict[str, dict[str, Any]] = {}
+        #: unit name -> attempts started (retries and backup copies); units whose outputs are taken
+        self.attempts: dict[str, int] = {}
+        self.done: set[str] = set()
         self.report = JobReport(**{k: v for k, v in plan.summary().items() if k in
                                    ("tasks", "units", "critical_path_units")})
 
@@ -103,12 +106,17 @@ class Job:
 
     # --- units in an activation (event loop thread) ---------------------------------------
 
-    def _calls(self, units: list[Unit], attempt: int) -> list[protocol.UnitCall]:
-        return [protocol.UnitCall(
-            unit=unit.name, attempt=attempt, spec=self.specs[unit.name],
-            inputs=[self.refs[self.plan.source(k)] for k in unit.inputs],
-            outputs=[protocol.output_name(unit.name, attempt, i) for i in range(len(unit.outputs))],
-        ) for unit in units]
+    def _calls(self, units: list[Unit]) -> list[protocol.UnitCall]:
+        """The units' entries for a new attempt: numbered per unit across retries and backups."""
+        calls = []
+        for unit in units:
+            attempt = self.attempts[unit.name] = self.attempts.get(unit.name, 0) + 1
+            calls.append(protocol.UnitCall(
+                unit=unit.name, attempt=attempt, spec=self.specs[unit.name],
+                inputs=[self.refs[self.plan.source(k)] for k in unit.inputs],
+                outputs=[protocol.output_name(unit.name, attempt, i) for i in range(len(unit.outputs))],
+            ))
+        return calls
 
     async def _invocation(self, calls: list[protocol.UnitCall]) -> tuple[dict[str, Any], list[str]]:
         """The invoke body for ``calls``, and the manifest it needs stored, if any (to delete)."""
@@ -131,13 +139,14 @@ class Job:
 
     async def run_units(self, units: list[Unit]) -> str:
         """Run independent ``units`` in one activation, retrying platform failures with a fresh
-        attempt (fresh output names) each time; record their outputs; return the activation id.
+        attempt (fresh output names) each time; record their outputs unless another copy of the
+        same units (a backup) did first; return the activation id.
 
         Raises the user's exception (rebuilt) or :class:`ActivationError`.
         """
         attempts = 1 + max(0, int(dask.config.get("whisk.retries")))
         for attempt in range(1, attempts + 1):
-            calls = self._calls(units, attempt)
+            calls = self._calls(units)
             params, manifest = await self._invocation(calls)
             written = [name for c in calls for name in c.outputs]
             record: dict[str, Any] | None = None
@@ -151,7 +160,10 @@ class Job:
                 response = record.get("response", {})
                 result = response.get("result") or {}
                 if response.get("status") == "success":
-                    self._record(units, protocol.BatchResult.from_json(result))
+                    if all(u.name in self.done for u in units):
+                        await self._forget(written)  # a backup copy won: its outputs are the ones read
+                    else:
+                        self._record(units, protocol.BatchResult.from_json(result))
                     return record["activationId"]
                 await self._forget(written)  # whatever this attempt wrote is never read
                 if protocol.is_error_envelope(result):
@@ -166,6 +178,7 @@ class Job:
         raise AssertionError("unreachable")
 
     def _record(self, units: list[Unit], batch: protocol.BatchResult) -> None:
+        self.done.update(u.name for u in units)
         for unit, result in zip(units, batch.units, strict=True):
             for key, ref in zip(unit.outputs, result.outputs, strict=True):
                 self.refs[key] = ref

@@ -8,10 +8,14 @@ one will read again; the first failure stops dispatching and is raised here.
 from __future__ import annotations
 
 import heapq
+import itertools
+import logging
 import queue
+import statistics
 import time
 from collections.abc import Hashable, Mapping, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any
 
 import dask.config
@@ -26,6 +30,7 @@ from .plan import Plan, Unit, as_task_graph, build_plan, flat_keys, known_sizes
 from .report import record
 
 Key = Hashable
+logger = logging.getLogger(__name__)
 
 # Users should see their own frames in a traceback, not the scheduler's.
 dask.config.update(
@@ -92,8 +97,11 @@ def get(dsk: Mapping | Any, keys: Sequence[Key] | Key, callbacks=None, **kwargs:
     backend = get_backend()
     cap = dask.config.get("whisk.max-in-flight")
     max_in_flight = min(backend.max_in_flight, cap or backend.max_in_flight)
+    parallelism = min(max_in_flight, dask.config.get("whisk.parallelism") or backend.parallelism)
+    # beyond twice what runs at once, activations only queue in the platform (and look slow)
+    max_in_flight = min(max_in_flight, 2 * parallelism)
     sources = (k for k, node in graph.items() if not node.dependencies)
-    plan = build_plan(graph, keys, known_sizes(dsk, sources), fuse_settings(max_in_flight))
+    plan = build_plan(graph, keys, known_sizes(dsk, sources), fuse_settings(parallelism))
     job = Job(backend, plan)
     with local_callbacks(callbacks) as cbs:
         start, start_state, pretask, posttask, finish = unpack_callbacks(cbs)
@@ -108,7 +116,7 @@ def get(dsk: Mapping | Any, keys: Sequence[Key] | Key, callbacks=None, **kwargs:
             job.prepare()
             job.report.plan_s = time.perf_counter() - started
             wanted = flat_keys(keys)
-            _run(job, graph, wanted, state, pretask, posttask, max_in_flight)
+            _run(job, graph, wanted, state, pretask, posttask, max_in_flight, parallelism)
             results = job.values(wanted)
             failed = False
         finally:
@@ -137,8 +145,8 @@ class Batcher:
     #: stored input bytes a unit may read and still be batched
     SMALL_INPUT_BYTES = 4 * 1024 * 1024
 
-    def __init__(self, job: Job, max_in_flight: int) -> None:
-        self.job, self.max_in_flight = job, max_in_flight
+    def __init__(self, job: Job, parallelism: int) -> None:
+        self.job, self.parallelism = job, parallelism
         self.target = float(dask.config.get("whisk.unit-target-seconds"))
         self.max_units = max(1, int(dask.config.get("whisk.batch-max-units")))
         #: kind -> (units finished, their total seconds)
@@ -157,7 +165,7 @@ class Batcher:
         """Units to put in the activation that ``unit`` (the first, ``ready`` waiting) starts."""
         if not self.batchable(unit):
             return 1
-        even = -(-ready // self.max_in_flight)
+        even = -(-ready // self.parallelism)
         count, seconds = self.measured.get(self.kind(unit), (0, 0.0))
         by_time = self.PROBE_UNITS if not count else int(self.target / max(seconds / count, 1e-6))
         return max(1, min(even, by_time, self.max_units))
@@ -169,8 +177,61 @@ class Batcher:
         self.measured[self.kind(unit)] = (count + 1, seconds + spent)
 
 
+@dataclass
+class _Flight:
+    """One batch of units in the air: its copies (the first attempt and any backups)."""
+
+    batch: list[Unit]
+    launched: float
+    futures: list[Future] = field(default_factory=list)
+
+
+class Stragglers:
+    """When a batch in flight deserves a backup copy (first result wins).
+
+    Cubed's rule, kept per kind of unit where measured: a copy once at least ``MIN_FINISHED``
+    activations have finished, more than half of those launched so far, and the newest copy has
+    run more than ``SLOWDOWN`` times the median duration of finished ones of its kind (of all
+    kinds while its own has fewer); never sooner than ``MIN_SECONDS``, at most ``MAX_COPIES``
+    copies in all. Half finished keeps a burst of cold starts queued in the platform from
+    looking like stragglers.
+    """
+
+    MIN_FINISHED = 3
+    SLOWDOWN = 3.0
+    MIN_SECONDS = 1.0
+    MAX_COPIES = 3
+
+    def __init__(self) -> None:
+        self.enabled = bool(dask.config.get("whisk.backups"))
+        self.durations: dict[str, list[float]] = {}
+        self.all: list[float] = []
+        self.launched = 0
+
+    def launching(self) -> None:
+        self.launched += 1
+
+    def finished(self, flight: _Flight, now: float) -> None:
+        seconds = now - flight.launched
+        self.durations.setdefault(Batcher.kind(flight.batch[0]), []).append(seconds)
+        self.all.append(seconds)
+
+    def due(self, flight: _Flight, now: float) -> bool:
+        finished = len(self.all)
+        if (not self.enabled or finished < self.MIN_FINISHED or 2 * finished <= self.launched
+                or len(flight.futures) >= self.MAX_COPIES):
+            return False
+        same = self.durations.get(Batcher.kind(flight.batch[0]), [])
+        median = statistics.median(same if len(same) >= self.MIN_FINISHED else self.all)
+        return now - flight.launched > max(self.MIN_SECONDS, self.SLOWDOWN * median)
+
+
+#: how often the dispatcher looks for stragglers while it waits (seconds)
+STRAGGLER_POLL = 0.1
+
+
 def _run(job: Job, graph: Mapping, wanted: list[Key], state: dict[str, Any], pretask, posttask,
-         max_in_flight: int) -> None:
+         max_in_flight: int, parallelism: int) -> None:
     """Dispatch units as their inputs complete until all are done; raise the first failure."""
     plan = job.plan
     waiting = {name: set(deps) for name, deps in plan.dependencies.items()}
@@ -178,12 +239,25 @@ def _run(job: Job, graph: Mapping, wanted: list[Key], state: dict[str, Any], pre
     heapq.heapify(ready)
     readers = plan.consumers()
     keep = {plan.source(k) for k in wanted}
-    batcher = Batcher(job, max_in_flight)
-    done: queue.Queue[tuple[list[Unit], Future]] = queue.Queue()
-    running: set[Future] = set()
+    batcher = Batcher(job, parallelism)
+    stragglers = Stragglers()
+    done: queue.Queue[tuple[int, Future]] = queue.Queue()
+    flights: dict[int, _Flight] = {}
+    in_flight = 0
+    ids = itertools.count()
+
+    def launch(fid: int) -> None:
+        nonlocal in_flight
+        flight = flights[fid]
+        future = job.backend.io.submit(job.run_units(flight.batch))
+        future.add_done_callback(lambda fut: done.put((fid, fut)))
+        flight.futures.append(future)
+        flight.launched = time.monotonic()
+        in_flight += 1
+
     try:
-        while ready or running:
-            while ready and len(running) < max_in_flight:
+        while ready or flights:
+            while ready and in_flight < max_in_flight:
                 first = plan.units[heapq.heappop(ready)[1]]
                 batch = [first]
                 size = batcher.size(first, len(ready) + 1)
@@ -194,30 +268,64 @@ def _run(job: Job, graph: Mapping, wanted: list[Key], state: dict[str, Any], pre
                     for key in unit.keys:
                         for f in pretask:
                             f(key, graph, state)
-                future = job.backend.io.submit(job.run_units(batch))
-                future.add_done_callback(lambda fut, batch=batch: done.put((batch, fut)))
-                running.add(future)
-            batch, future = done.get()
-            running.discard(future)
+                fid = next(ids)
+                flights[fid] = _Flight(batch, time.monotonic())
+                stragglers.launching()
+                launch(fid)
+            try:
+                fid, future = done.get(timeout=STRAGGLER_POLL)
+            except queue.Empty:
+                now = time.monotonic()
+                for fid, flight in list(flights.items()):
+                    if stragglers.due(flight, now):
+                        logger.debug("backing up units %s after %.1f s", [u.name for u in flight.batch],
+                                     now - flight.launched)
+                        job.report.backups += 1
+                        launch(fid)
+                continue
+            in_flight -= 1
+            flight = flights.get(fid)
+            if flight is None or future.cancelled():
+                continue  # a copy of a batch another copy already finished
+            flight.futures.remove(future)
+            if future.exception() is not None and flight.futures:
+                continue  # another copy is still running: its outcome decides
             activation_id = future.result()  # raises the batch's failure
-            released = []
-            for unit in batch:
-                batcher.finished(unit)
-                _mark(state, unit.keys, "finished")
-                for key in unit.keys:
-                    for f in posttask:
-                        f(key, None, graph, state, activation_id)
-                for child in plan.dependents[unit.name]:
-                    waiting[child].discard(unit.name)
-                    if not waiting[child]:
-                        _mark(state, plan.units[child].keys, "ready")
-                        heapq.heappush(ready, (plan.units[child].priority, child))
-                for key in {plan.source(k) for k in unit.inputs}:
-                    readers[key].discard(unit.name)
-                    if not readers[key] and key not in keep:
-                        released.append(key)
-            if released:
-                job.backend.io.submit(job.release(released))
+            del flights[fid]
+            for loser in flight.futures:
+                loser.cancel()
+            stragglers.finished(flight, time.monotonic())
+            _finish(job, flight.batch, activation_id, graph, state, posttask, batcher, waiting, ready,
+                    readers, keep)
     finally:
-        for future in running:
-            future.cancel()
+        if flights:
+            logger.warning("Stopping with %d activations in flight; their results will be discarded",
+                           sum(len(f.futures) for f in flights.values()))
+        for flight in flights.values():
+            for future in flight.futures:
+                future.cancel()
+
+
+def _finish(job: Job, batch: list[Unit], activation_id: str, graph: Mapping, state: dict[str, Any],
+            posttask, batcher: Batcher, waiting: dict[str, set], ready: list, readers: dict,
+            keep: set) -> None:
+    """A batch is done: run the callbacks, release its dependents and values no one will read."""
+    plan = job.plan
+    released = []
+    for unit in batch:
+        batcher.finished(unit)
+        _mark(state, unit.keys, "finished")
+        for key in unit.keys:
+            for f in posttask:
+                f(key, None, graph, state, activation_id)
+        for child in plan.dependents[unit.name]:
+            waiting[child].discard(unit.name)
+            if not waiting[child]:
+                _mark(state, plan.units[child].keys, "ready")
+                heapq.heappush(ready, (plan.units[child].priority, child))
+        for key in {plan.source(k) for k in unit.inputs}:
+            readers[key].discard(unit.name)
+            if not readers[key] and key not in keep:
+                released.append(key)
+    if released:
+        job.backend.io.submit(job.release(released))
