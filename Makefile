@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SAIO_DIR := $(CURDIR)/.cache/saio
 NPM_DIR := $(CURDIR)/.cache/npm
 
-.PHONY: demo test venv npm clean-cache
+.PHONY: demo test bench venv npm clean-cache
 
 $(BIN)/dask-whisk: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ test: venv npm
 	@eval "$$($(BIN)/dask-whisk swift-saio start --dir $(SAIO_DIR))" && \
 	  DASK_WHISK_NPM_DIR=$(NPM_DIR) $(BIN)/python -m pytest $(PYTEST_ARGS); \
 	  rc=$$?; $(BIN)/dask-whisk swift-saio stop --dir $(SAIO_DIR); exit $$rc
+
+# Benchmarks (never two at once on a 2-core machine): whisk_get against Dask's schedulers and
+# distributed.LocalCluster, fused and unfused, with a 50 ms-latency server; see benchmarks/.
+bench: venv
+	$(BIN)/pip install -q distributed
+	$(BIN)/python benchmarks/schedulers.py --repeat 3 --json .cache/bench.json
 
 clean-cache:
 	rm -rf .cache
