@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import secrets
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ from .report import JobReport
 from .store import new_job_id, open_job_store
 
 Key = Hashable
+logger = logging.getLogger(__name__)
 
 #: backoff before the second attempt of a unit, doubling per attempt up to the maximum (seconds)
 RETRY_BACKOFF = 0.05
@@ -210,11 +212,16 @@ class Job:
     # --- values and cleanup -----------------------------------------------------------------
 
     async def release(self, keys: Iterable[Key]) -> None:
-        """Forget values no unit will read again, deleting the stored ones (off the dispatch path)."""
+        """Forget values no unit will read again, deleting the stored ones (off the dispatch path).
+
+        A failed delete does not fail the job (teardown removes the job's objects): it is logged."""
         refs = [self.refs.pop(key) for key in keys if key in self.refs]
         names = [ref["stored"] for ref in refs if "stored" in ref]
-        if names:
-            await asyncio.get_running_loop().run_in_executor(None, self.store.delete, names)
+        try:
+            await self._forget(names)
+        except Exception as exc:  # noqa: BLE001  (logged; the job's teardown retries the delete)
+            logger.warning("Could not delete %d released objects of job %s (%s: %s); they are "
+                           "removed when the job ends", len(names), self.id, type(exc).__name__, exc)
 
     def values(self, keys: Iterable[Key]) -> dict[Key, Any]:
         """Decode the values of ``keys``; stored ones are fetched concurrently."""

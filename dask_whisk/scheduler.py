@@ -182,7 +182,8 @@ class _Flight:
     """One batch of units in the air: its copies (the first attempt and any backups)."""
 
     batch: list[Unit]
-    launched: float
+    #: when the newest copy was launched
+    launched: float = 0.0
     futures: list[Future] = field(default_factory=list)
 
 
@@ -269,7 +270,7 @@ def _run(job: Job, graph: Mapping, wanted: list[Key], state: dict[str, Any], pre
                         for f in pretask:
                             f(key, graph, state)
                 fid = next(ids)
-                flights[fid] = _Flight(batch, time.monotonic())
+                flights[fid] = _Flight(batch)
                 stragglers.launching()
                 launch(fid)
             try:
