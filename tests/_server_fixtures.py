@@ -15,7 +15,8 @@ import pytest
 
 from dask_whisk.server import ServerProcess, ServerSettings, start_server_process
 
-__all__ = ["server_process", "server_factory", "server_npm_dir", "RawWhisk", "run_raw", "ROOMY"]
+__all__ = ["server_process", "server_factory", "server_npm_dir", "RawWhisk", "run_raw", "ROOMY",
+           "whisk_on"]
 
 #: research-style limits, so only tests that want a throttle meet one
 ROOMY = dict(invocations_per_minute=1_000_000, concurrent_invocations=10_000, user_memory_mb=4096)
@@ -100,3 +101,25 @@ def run_raw(server: ServerProcess, scenario):
             return await scenario(ow)
 
     return asyncio.run(run())
+
+
+@contextlib.contextmanager
+def whisk_on(**settings):
+    """Start a server with ``settings`` (roomy limits unless given), deploy the small worker zip
+    to it (as the embedded server gets: no virtualenv to upload), and point ``whisk_get`` at it
+    for the block. Yields the ServerProcess."""
+    import dask
+
+    from dask_whisk.config import WhiskConfig
+    from dask_whisk.deploy import deploy_worker_action
+    from dask_whisk.openwhisk import OpenWhiskClient
+
+    async def deploy(server):
+        async with OpenWhiskClient(WhiskConfig(apihost=server.url, auth=server.auth)) as client:
+            await deploy_worker_action(client, dask.config.get("whisk.action"), local=True,
+                                       log=lambda _: None)
+
+    with start_server_process(ServerSettings(**{**ROOMY, **settings})) as server:
+        asyncio.run(deploy(server))
+        with dask.config.set({"whisk.apihost": server.url, "whisk.auth": server.auth}):
+            yield server

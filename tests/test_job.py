@@ -1,0 +1,193 @@
+"""What a job does between its plan and its results, observed in the real store and on a real
+server: intermediates released after their last reader (and not before), platform failures
+retried a bounded number of times (and nothing else retried), tampered objects refused, and
+units that outlast OpenWhisk's blocking wait."""
+from __future__ import annotations
+
+import logging
+import time
+
+import dask
+import numpy as np
+import pytest
+from dask.diagnostics import Callback
+
+from dask_whisk import backend, whisk_get
+from dask_whisk.job import ActivationError
+from dask_whisk.protocol import TamperedObject
+from dask_whisk.server import FaultSettings
+
+from _server_fixtures import whisk_on
+
+#: several tests need values to cross the store between units, or a given number of
+#: activations: one task per unit (no fusion, no batching of the units into one activation)
+PER_UNIT = {"whisk.fuse": False}
+
+
+def activations(name: str | None = None) -> int:
+    """Activations (of action ``name``, else all) the current backend's server has recorded."""
+    b = backend.get_backend()
+
+    async def count():
+        total, skip = 0, 0
+        while True:
+            page = await b.client.list_activations(limit=200, skip=skip, name=name)
+            total += len(page)
+            if len(page) < 200:
+                return total
+            skip += 200
+
+    return b.io.run(count())
+
+
+def job_files(root, prefix: str) -> list:
+    """Files named ``prefix*`` in the one job directory under the local store's ``root``."""
+    jobs = [p for p in root.iterdir() if not p.name.endswith(".deleting")]
+    assert len(jobs) == 1, jobs
+    return sorted(p for p in jobs[0].iterdir() if p.name.startswith(prefix))
+
+
+def wait_until(condition, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def diamond():
+    """A (800 kB, stored) read by B and by C (which also reads B), D reads C: A's last reader is C."""
+    a = dask.delayed(lambda: np.arange(100_000), name="a")()
+    b = dask.delayed(lambda v: int(v[1]), name="b")(a)
+    c = dask.delayed(lambda v, w: int(v[2]) + w, name="c")(a, b)
+    d = dask.delayed(lambda w: w * 10, name="d")(c)
+    return a, b, c, d
+
+
+# --- release of intermediates -----------------------------------------------------------------
+
+
+def test_an_intermediate_is_deleted_after_its_last_reader_and_not_before(local_store_root):
+    a, b, c, d = diamond()
+    seen = {}
+
+    def pretask(key, dsk, state):
+        if key == c.key:  # B has finished, C (A's last reader) is about to run: A must be there
+            seen["before last reader"] = len(job_files(local_store_root, "o-"))
+
+    def posttask(key, result, dsk, state, worker_id):
+        if key == d.key:  # the job is still running (teardown is after this): A must be gone
+            seen["after last reader"] = wait_until(lambda: not job_files(local_store_root, "o-"))
+
+    with dask.config.set(PER_UNIT), Callback(pretask=pretask, posttask=posttask):
+        assert d.compute(scheduler=whisk_get) == 30
+    assert seen == {"before last reader": 1, "after last reader": True}
+    assert not list(local_store_root.iterdir())
+
+
+def test_a_failed_release_is_logged_not_dropped(local_store_root, caplog):
+    """A's stored object is replaced by a directory once C ran: deleting it fails, and says so."""
+    a, b, c, d = diamond()
+    seen = {}
+
+    def posttask(key, result, dsk, state, worker_id):
+        if key == c.key:  # before the scheduler releases A
+            (stored,) = job_files(local_store_root, "o-")
+            stored.unlink()
+            stored.mkdir()
+        if key == d.key:
+            seen["logged"] = wait_until(lambda: "Could not delete" in caplog.text)
+
+    with caplog.at_level(logging.WARNING, logger="dask_whisk"):
+        with dask.config.set(PER_UNIT), Callback(posttask=posttask):
+            assert d.compute(scheduler=whisk_get) == 30  # the values are right all the same
+    assert seen == {"logged": True}, caplog.text
+    assert "IsADirectoryError" in caplog.text
+    assert not list(local_store_root.iterdir())  # teardown removed what the release could not
+
+
+# --- retries ----------------------------------------------------------------------------------
+
+
+def test_whisk_internal_errors_are_retried_exactly_the_configured_times(local_store_root):
+    with whisk_on(faults=FaultSettings(fault_rate=1.0, kinds=("whisk internal error",))):
+        for retries, expected in ((None, 3), (4, 5), (0, 1)):  # None: the default, 2
+            settings = {**PER_UNIT, **({} if retries is None else {"whisk.retries": retries})}
+            before = activations()
+            with dask.config.set(settings):
+                with pytest.raises(ActivationError, match="injected fault: whisk internal error") as info:
+                    dask.delayed(lambda: 1)().compute(scheduler=whisk_get)
+            assert info.value.status == "whisk internal error"
+            assert activations() - before == expected, f"whisk.retries={retries}"
+    assert not list(local_store_root.iterdir())
+
+
+def test_user_errors_are_not_retried(local_store_root):
+    def fail():
+        raise KeyError("no such thing")
+
+    dask.delayed(int)(1).compute(scheduler=whisk_get)  # backend up, action deployed
+    before = activations()
+    with dask.config.set({**PER_UNIT, "whisk.retries": 5}):
+        with pytest.raises(KeyError, match="no such thing"):
+            dask.delayed(fail)().compute(scheduler=whisk_get)
+    assert activations() - before == 1
+
+
+# --- tampered objects -------------------------------------------------------------------------
+
+
+def tamper(path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:-8] + bytes(b ^ 0xFF for b in data[-8:]))
+
+
+def test_a_tampered_final_result_is_refused_on_the_client(local_store_root):
+    big = dask.delayed(lambda: np.arange(100_000))()  # 800 kB: stored, decoded by the client
+
+    def posttask(key, result, dsk, state, worker_id):
+        (stored,) = job_files(local_store_root, "o-")
+        tamper(stored)
+
+    with Callback(posttask=posttask):
+        with pytest.raises(TamperedObject, match="integrity check"):
+            big.compute(scheduler=whisk_get)
+    assert not list(local_store_root.iterdir())
+
+
+def test_a_tampered_stored_spec_is_refused_as_tampered(local_store_root):
+    data = np.arange(50_000)  # 400 kB in the closure: the unit's spec is stored, not inlined
+
+    def total():
+        return float(data.sum())
+
+    work = dask.delayed(total)()
+    work.compute(scheduler=whisk_get)  # backend up, action deployed
+    found = []
+
+    def pretask(key, dsk, state):  # after the job stored the specs, before the invoke
+        found.extend(job_files(local_store_root, "spec-"))
+        tamper(found[0])
+
+    before = activations()
+    with Callback(pretask=pretask):
+        with pytest.raises(TamperedObject, match="integrity check"):
+            work.compute(scheduler=whisk_get)
+    assert found, "the spec was not stored"
+    assert activations() - before == 1, "a tampered object is not a platform failure to retry"
+    assert not list(local_store_root.iterdir())
+
+
+# --- longer than the blocking wait ------------------------------------------------------------
+
+
+def test_a_unit_longer_than_the_blocking_wait_is_polled_to_its_result(local_store_root):
+    """OpenWhisk answers 202 when its blocking wait ends first: the record is polled for."""
+    with whisk_on(max_blocking_wait_ms=500):
+        slow = dask.delayed(lambda: (time.sleep(1.5), 7)[1])()
+        client = backend.get_backend().client
+        polls = client.stats.polls
+        assert slow.compute(scheduler=whisk_get) == 7
+        assert client.stats.polls > polls, "the blocking invoke did not end with 202"
+    assert not list(local_store_root.iterdir())
