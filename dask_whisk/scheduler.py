@@ -69,12 +69,16 @@ def _mark(state: dict[str, Any], keys: Sequence[Key], where: str) -> None:
         if where == "ready":
             state["waiting"].pop(key, None)
             state["ready"][key] = None
-        elif where == "running":
+        elif where == "running":  # a fused unit's inner keys run without having been ready
+            state["waiting"].pop(key, None)
             state["ready"].pop(key, None)
             state["running"].add(key)
         else:
             state["running"].discard(key)
             state["finished"].add(key)
+            for child in state["dependents"].get(key, ()):  # as Dask: waiting holds what is unfinished
+                if child in state["waiting"]:
+                    state["waiting"][child].discard(key)
 
 
 def fuse_settings(parallelism: int) -> FuseSettings:
@@ -310,15 +314,13 @@ def _run(job: Job, graph: Mapping, wanted: list[Key], state: dict[str, Any], pre
 def _finish(job: Job, batch: list[Unit], activation_id: str, graph: Mapping, state: dict[str, Any],
             posttask, batcher: Batcher, waiting: dict[str, set], ready: list, readers: dict,
             keep: set) -> None:
-    """A batch is done: run the callbacks, release its dependents and values no one will read."""
+    """A batch is done: release its dependents and values no one will read, then run the
+    callbacks (as in Dask's schedulers, posttask sees the dependents already ready)."""
     plan = job.plan
     released = []
     for unit in batch:
         batcher.finished(unit)
         _mark(state, unit.keys, "finished")
-        for key in unit.keys:
-            for f in posttask:
-                f(key, None, graph, state, activation_id)
         for child in plan.dependents[unit.name]:
             waiting[child].discard(unit.name)
             if not waiting[child]:
@@ -328,5 +330,9 @@ def _finish(job: Job, batch: list[Unit], activation_id: str, graph: Mapping, sta
             readers[key].discard(unit.name)
             if not readers[key] and key not in keep:
                 released.append(key)
+    for unit in batch:
+        for key in unit.keys:
+            for f in posttask:
+                f(key, None, graph, state, activation_id)
     if released:
         job.backend.io.submit(job.release(released))

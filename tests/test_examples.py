@@ -1,5 +1,5 @@
 """The examples users run first: the `make demo` script and the notebook, on the embedded default."""
-import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,12 +17,58 @@ def test_demo_script_runs_and_matches_dask(tmp_path):
     assert "embedded local OpenWhisk-compatible server" in out.stderr
 
 
-@pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
-def test_notebook_code_cells_run_in_order(notebook, tmp_path):
-    cells = json.loads(notebook.read_text())["cells"]
-    code = "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
-    script = tmp_path / "notebook.py"
-    script.write_text(code)
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
-                         cwd=tmp_path)
+HARNESS = """
+import ast, json, re, sys
+import dask
+
+# Runs a notebook's code cells in order and prints what Jupyter would show: each cell's output
+# and the value of its last expression. With "sync", Dask's own scheduler replaces the one the
+# notebook chose, after every cell, so both runs print the same things if whisk_get is right.
+notebook, scheduler = sys.argv[1], sys.argv[2]
+namespace = {"__name__": "__main__"}
+for number, cell in enumerate(json.load(open(notebook))["cells"]):
+    if cell["cell_type"] != "code":
+        continue
+    print(f"### cell {number}")
+    source = "".join(cell["source"])
+    tree = ast.parse(source)
+    quiet = source.rstrip().splitlines()[-1].split("#")[0].rstrip().endswith(";")  # as Jupyter
+    last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+    exec(compile(tree, f"cell {number}", "exec"), namespace)
+    if last is not None:
+        value = eval(compile(ast.Expression(last.value), f"cell {number}", "eval"), namespace)
+        if value is not None and not quiet:
+            print(repr(value))
+    if scheduler == "sync":
+        dask.config.set(scheduler="sync")
+"""
+
+
+def _shown(notebook: Path, scheduler: str, tmp_path: Path) -> dict[str, list[str]]:
+    """Each cell's shown lines, without timings and progress bars (which differ per run)."""
+    harness = tmp_path / "harness.py"
+    harness.write_text(HARNESS)
+    out = subprocess.run([sys.executable, str(harness), str(notebook), scheduler], capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
+    cells: dict[str, list[str]] = {}
+    for line in out.stdout.replace("\r", "\n").splitlines():
+        if line.startswith("### cell "):
+            shown = cells.setdefault(line, [])
+        elif line.strip() and "Completed" not in line:
+            shown.append(re.sub(r"\d+\.\d+ s\b", "<time>", line))
+    return cells
+
+
+@pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
+def test_notebook_shows_what_dask_shows(notebook, tmp_path):
+    """Every cell runs in order on OpenWhisk and shows what Dask's sync scheduler shows; only
+    OpenWhisk adds the remote traceback to a user's exception."""
+    on_whisk, on_sync = _shown(notebook, "whisk", tmp_path), _shown(notebook, "sync", tmp_path)
+    assert on_whisk.keys() == on_sync.keys() and sum(map(len, on_whisk.values())) >= 3, on_whisk
+    for cell, lines in on_whisk.items():
+        remote = [i for i, line in enumerate(lines) if "Remote traceback" in line]
+        if remote:
+            assert any(line.lstrip().startswith("File ") for line in lines[remote[0]:]), lines
+            lines = lines[:remote[0]]
+        assert lines == on_sync[cell], cell
