@@ -1,5 +1,9 @@
 """The local directory store: objects round-trip, and a destroyed job leaves nothing behind even
 while activations of a failed job are still writing into it."""
+import json
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -46,3 +50,48 @@ def test_destroy_wins_against_writers_still_running(tmp_path):
         thread.join()
     assert failures, "writers should fail once their job directory is gone"
     assert not list(tmp_path.iterdir()), "a destroyed job left files behind"
+
+
+# --- job age is UTC under any local time zone -------------------------------------------------
+
+#: POSIX TZ rules (no tzdata needed) of London and Sydney: at any date one of them is on DST
+DST_ZONES = ("GMT0BST,M3.5.0/1,M10.5.0", "AEST-10AEDT,M10.1.0,M4.1.0/3")
+
+_AGES = r"""
+import calendar, json, subprocess, sys, time
+from pathlib import Path
+from dask_whisk.store import JOB_PREFIX, job_age_seconds, new_job_id
+ages = {}
+for stamp in ("20260701T120000Z", "20260115T120000Z"):  # summer in London, summer in Sydney
+    now = calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%SZ")) + 60
+    ages[stamp] = job_age_seconds(f"{JOB_PREFIX}{stamp}-abcd", now=now)
+root = Path(sys.argv[1])
+fresh = new_job_id()
+(root / fresh).mkdir()
+ages["fresh"] = job_age_seconds(fresh)
+clean = subprocess.run([sys.executable, "-m", "dask_whisk.cli", "clean", "--store", "local",
+                        "--older-than", "0.5"], capture_output=True, text=True)
+print(json.dumps({"isdst": time.localtime().tm_isdst, "ages": ages, "clean": clean.stdout,
+                  "fresh_kept": (root / fresh).is_dir()}))
+"""
+
+
+@pytest.mark.parametrize("zone", DST_ZONES)
+def test_job_age_is_utc_under_daylight_saving_time(zone, tmp_path):
+    """A job is 0 h old at its start whatever TZ says: under DST, mktime - timezone made it 1 h
+    old, so `dask-whisk clean --older-than 0.5` removed a job that had just started."""
+    env = {**os.environ, "TZ": zone, "DASK_WHISK__LOCAL__ROOT": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", _AGES, str(tmp_path)], env=env, check=True,
+                         capture_output=True, text=True, timeout=120).stdout
+    result = json.loads(out)
+    assert result["fresh_kept"] and "removed" not in result["clean"], result
+    assert result["ages"] == {"20260701T120000Z": 60, "20260115T120000Z": 60,
+                              "fresh": pytest.approx(0, abs=30)}
+
+
+def test_some_dst_zone_is_on_daylight_saving_time_now():
+    """The fresh-job half of the test above only bites in a zone that is on DST today."""
+    flags = [subprocess.run([sys.executable, "-c", "import time; print(time.localtime().tm_isdst)"],
+                            env={**os.environ, "TZ": zone}, capture_output=True, text=True,
+                            check=True).stdout.strip() for zone in DST_ZONES]
+    assert "1" in flags, flags

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -185,6 +188,36 @@ def test_container_scoped_tempurl_key(swift_env):
         s.put("in", [b"container key"])
         worker = open_worker_store(s.worker_access(["in"], []))
         assert bytes(worker.get("in")) == b"container key"
+
+
+#: POSIX TZ rules (no tzdata needed) of London and Sydney: at any date one of them is on DST
+DST_ZONES = ("GMT0BST,M3.5.0/1,M10.5.0", "AEST-10AEDT,M10.1.0,M4.1.0/3")
+
+_EXPIRY = r"""
+import json, sys, time
+from dask_whisk.store import new_job_id, open_job_store, open_worker_store
+store = open_job_store("swift", new_job_id(), auth_url=sys.argv[1], user=sys.argv[2],
+                       key=sys.argv[3], max_job_duration=1800)
+try:
+    access = store.worker_access([], ["out"])
+    open_worker_store(access).put("out", [b"signed"])
+    print(json.dumps({"left": access["expires"] - time.time(), "out": store.get("out").decode()}))
+finally:
+    store.destroy()
+    store.close()
+"""
+
+
+@pytest.mark.parametrize("zone", DST_ZONES)
+def test_tempurls_last_the_whole_job_under_daylight_saving_time(swift_env, zone):
+    """TempURLs expire max-job-duration after the job's start in UTC: under DST the start read
+    with mktime was an hour early, so a 30-minute job was refused worker access at once."""
+    env = {**os.environ, "TZ": zone}
+    run = subprocess.run([sys.executable, "-c", _EXPIRY, swift_env.auth_url, swift_env.user,
+                          swift_env.key], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout)
+    assert result["out"] == "signed" and 1800 - 60 < result["left"] <= 1800
 
 
 # --- segmented objects ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ Values are opaque byte strings here: framing, integrity and pickling live in ``p
 from __future__ import annotations
 
 import abc
+import calendar
 import importlib
 import secrets
 import time
@@ -80,12 +81,16 @@ def new_job_id() -> str:
 
 
 def job_age_seconds(job_id: str, now: float | None = None) -> float | None:
-    """Seconds since the job named ``job_id`` started, or None if the name is not a job's."""
+    """Seconds since the job named ``job_id`` started, or None if the name is not a job's.
+
+    The stamp in the name is UTC (:func:`new_job_id`), so it is read with ``calendar.timegm``:
+    ``mktime`` would read it as local time, an hour off under daylight saving time.
+    """
     if not job_id.startswith(JOB_PREFIX):
         return None
     stamp = job_id[len(JOB_PREFIX):].split("-", 1)[0]
     try:
-        started = time.mktime(time.strptime(stamp, "%Y%m%dT%H%M%SZ")) - time.timezone
+        started = calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%SZ"))
     except ValueError:
         return None
     return (time.time() if now is None else now) - started
