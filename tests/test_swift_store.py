@@ -248,6 +248,63 @@ def test_worker_writes_segments_and_both_sides_read_them(swift_env):
         assert s._list("") == []
 
 
+def listed(env, container: str, prefix: str = "") -> list[str]:
+    """What is really in the container (asked straight of Swift, not through the store)."""
+    return [o["name"] for o in raw_connection(env).get_container(container, prefix=prefix,
+                                                                   full_listing=True)[1]]
+
+
+def test_deleting_a_worker_written_segmented_object_removes_its_segments(swift_env):
+    """An activation writes a large output as segments; readers are activations too, so the
+    client never reads it: releasing it must still remove every segment (the old delete knew only
+    the segmented objects the client itself wrote or read, and left these until the job ended)."""
+    with swift_job(**swift_env.options(segment_size=SMALL_SEGMENTS)) as s:
+        payload = np.random.default_rng(2).bytes(3500)
+        writer = open_worker_store(s.worker_access([], ["big", "big2", "small"]))
+        writer.put("big", [memoryview(payload)])
+        writer.put("big2", [payload[:2500]])  # a name that starts like the one deleted
+        writer.put("small", [b"s"])
+        reader = open_worker_store(s.worker_access(["big"], []))
+        assert bytes(reader.get("big")) == payload
+        assert len(listed(swift_env, s.container, ".segments/big/")) == 4
+        s.delete(["big"])
+        assert listed(swift_env, s.container, ".segments/big/") == []
+        assert sorted(listed(swift_env, s.container)) == sorted(
+            ["big2", "small"] + listed(swift_env, s.container, ".segments/big2/"))
+        assert s.get("big2") == payload[:2500]  # the neighbour is intact
+        s.delete(["big2", "small"])
+        assert listed(swift_env, s.container) == []
+
+
+def test_segments_of_a_write_that_never_got_its_manifest_are_deleted(swift_env):
+    """An attempt that died after its segments but before its manifest: the client forgets the
+    attempt's output names, and that removes the orphaned segments too."""
+    with swift_job(**swift_env.options(segment_size=SMALL_SEGMENTS)) as s:
+        open_worker_store(s.worker_access([], ["out"])).put("out", [b"o" * 2200])
+        raw_connection(swift_env).delete_object(s.container, "out")  # as if never written
+        assert len(listed(swift_env, s.container)) == 3
+        s.delete(["out"])
+        assert listed(swift_env, s.container) == []
+
+
+def test_released_segmented_objects_leave_nothing_in_a_shared_container(swift_env):
+    conn = raw_connection(swift_env)
+    conn.put_container("dask-whisk-shared-release")
+    s = open_job_store("swift", new_job_id(), **swift_env.options(
+        container="dask-whisk-shared-release", segment_size=SMALL_SEGMENTS))
+    try:
+        worker = open_worker_store(s.worker_access([], ["w"]))
+        worker.put("w", [b"w" * 2500])
+        s.put("c", [b"c" * 2500])  # a static large object the client writes
+        assert len(listed(swift_env, s.container, s.namespace)) == 2 + 3 + 3
+        s.delete(["w", "c"])
+        assert listed(swift_env, s.container) == []
+    finally:
+        s.destroy()
+        s.close()
+        conn.delete_container("dask-whisk-shared-release")
+
+
 def test_shared_container_with_job_prefix(swift_env):
     conn = raw_connection(swift_env)
     conn.put_container("dask-whisk-shared-test")

@@ -321,13 +321,22 @@ class SwiftJobStore(JobStore):
         return True
 
     def delete(self, names: Iterable[str]) -> None:
+        """Delete the objects and all their segments, whoever wrote them.
+
+        The client knows the segmented objects it wrote or read, not those an activation wrote
+        (it never reads intermediates), nor segments left by a write that failed before its
+        manifest: one listing of the job's segment directory finds them all.
+        """
         names = list(names)
+        if not names:
+            return
         objects = [self._object(n) for n in names]
-        segmented = [n for n in names if n in self._segmented]
+        wanted = set(names)
+        segmented = sorted(wanted & (self._segment_owners() | self._segmented))
         for name in segmented:
             objects += self._list(self._segments(name))
-            self._segmented.discard(name)
         self._bulk_delete(objects)
+        self._segmented.difference_update(wanted)
 
     def destroy(self) -> None:
         for attempt in range(5):
@@ -369,6 +378,19 @@ class SwiftJobStore(JobStore):
             raise StoreError(f"Swift listing of {self.container!r} failed: "
                              f"{getattr(exc, 'http_status', None) or type(exc).__name__}") from None
         return [entry["name"] for entry in listing]
+
+    def _segment_owners(self) -> set[str]:
+        """Names of the objects that have segments stored now (one delimited listing)."""
+        prefix = f"{self.namespace}{SEGMENTS_DIR}"
+        try:
+            _, listing = self._conn().get_container(self.container, prefix=prefix, delimiter="/",
+                                                    full_listing=True)
+        except Exception as exc:
+            if getattr(exc, "http_status", None) == 404:
+                return set()
+            raise StoreError(f"Swift listing of {self.container!r} failed: "
+                             f"{getattr(exc, 'http_status', None) or type(exc).__name__}") from None
+        return {entry["subdir"][len(prefix):].rstrip("/") for entry in listing if "subdir" in entry}
 
     def _bulk_delete(self, objects: list[str]) -> None:
         """Delete objects of the container in bulk requests; objects already gone are fine."""
