@@ -69,6 +69,8 @@ class Backend:
         #: activations that really run at once: the namespace's concurrency, or on the embedded
         #: server the containers its memory pool holds (more in flight only queue)
         self.parallelism = UNBOUNDED_IN_FLIGHT
+        #: the worker action's memory limit (MB), as deployed
+        self.memory_mb = int(dask.config.get("whisk.action-memory") or 256)
         try:
             self.io.run(self._prepare())
         except BaseException:
@@ -88,6 +90,7 @@ class Backend:
         self.max_in_flight = await self.client.configure_pacing() or UNBOUNDED_IN_FLIGHT
         self.parallelism = self.max_in_flight
         memory_mb = (action.get("limits") or {}).get("memory")
+        self.memory_mb = int(memory_mb or self.memory_mb)
         if self.embedded and memory_mb:
             self.parallelism = min(self.parallelism, max(1, EMBEDDED_LIMITS["user_memory_mb"] // memory_mb))
 

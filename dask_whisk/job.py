@@ -13,8 +13,8 @@ import logging
 import random
 import secrets
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Hashable, Iterable
-from typing import Any
+from collections.abc import Hashable, Iterable, Mapping
+from typing import Any, NamedTuple
 
 import dask.config
 
@@ -57,12 +57,27 @@ class ActivationError(RuntimeError):
         self.unit, self.activation_id, self.status = unit, activation_id, status
 
 
-class Job:
-    """State of one ``get`` call: created before the first invoke, destroyed after the last."""
+class UnitTooLarge(MemoryError):
+    """A unit's inputs alone exceed the action's memory: refused before it is invoked."""
 
-    def __init__(self, backend: Backend, plan: Plan):
+
+class Ran(NamedTuple):
+    """A batch's successful activation: its id, and how long it ran as the worker measured it."""
+
+    activation_id: str
+    duration_s: float
+
+
+class Job:
+    """State of one ``get`` call: created before the first invoke, destroyed after the last.
+
+    ``retries``: key -> extra attempts after an exception in user code (``dask.annotate(retries=N)``);
+    platform failures get ``whisk.retries`` whatever the task."""
+
+    def __init__(self, backend: Backend, plan: Plan, retries: Mapping[Key, int] | None = None):
         self.backend = backend
         self.plan = plan
+        self.retries = dict(retries or {})
         self.id = new_job_id()
         self.mac_key = secrets.token_bytes(32)
         self.store = open_job_store(dask.config.get("whisk.store"), self.id)
@@ -139,15 +154,17 @@ class Job:
                                   manifest=protocol.stored_ref(name, nbytes))
         return inv.to_json(), [name]
 
-    async def run_units(self, units: list[Unit]) -> str:
-        """Run independent ``units`` in one activation, retrying platform failures with a fresh
-        attempt (fresh output names) each time; record their outputs unless another copy of the
-        same units (a backup) did first; return the activation id.
+    async def run_units(self, units: list[Unit]) -> Ran:
+        """Run independent ``units`` in one activation, retrying platform failures (and user
+        exceptions in tasks annotated with ``retries``) with a fresh attempt (fresh output names)
+        each time; record their outputs unless another copy of the same units (a backup) did first.
 
-        Raises the user's exception (rebuilt) or :class:`ActivationError`.
+        Raises the user's exception (rebuilt), :class:`ActivationError` or :class:`UnitTooLarge`.
         """
+        self._check_memory(units)
         attempts = 1 + max(0, int(dask.config.get("whisk.retries")))
-        for attempt in range(1, attempts + 1):
+        user_attempts = 1 + max((self.retries.get(k, 0) for u in units for k in u.keys), default=0)
+        for attempt in range(1, max(attempts, user_attempts) + 1):
             calls = self._calls(units)
             params, manifest = await self._invocation(calls)
             written = [name for c in calls for name in c.outputs]
@@ -162,22 +179,47 @@ class Job:
                 response = record.get("response", {})
                 result = response.get("result") or {}
                 if response.get("status") == "success":
+                    batch = protocol.BatchResult.from_json(result)
                     if all(u.name in self.done for u in units):
                         await self._forget(written)  # a backup copy won: its outputs are the ones read
                     else:
-                        self._record(units, protocol.BatchResult.from_json(result))
-                    return record["activationId"]
+                        self._record(units, batch)
+                    return Ran(record["activationId"],
+                               float(batch.stats.get("duration_s", record.get("duration", 0) / 1000)))
                 await self._forget(written)  # whatever this attempt wrote is never read
                 if protocol.is_error_envelope(result):
-                    raise protocol.exception_from_error(result["error"], self.mac_key)
-                failure = await self._activation_error(units, record)
+                    failure = protocol.exception_from_error(result["error"], self.mac_key)
+                    if attempt >= user_attempts:
+                        raise failure
+                    logger.info("task %s raised %s; retrying it as annotated (attempt %d of %d)",
+                                result["error"].get("key"), type(failure).__name__, attempt + 1,
+                                user_attempts)
+                else:
+                    failure = await self._activation_error(units, record)
             else:
                 await self._forget(written)
-            if attempt == attempts or not retryable(record):
+            user_error = record is not None and protocol.is_error_envelope(
+                record.get("response", {}).get("result") or {})
+            if not user_error and (attempt >= attempts or not retryable(record)):
                 raise failure
             self.report.retries += 1
             await asyncio.sleep(random.uniform(0.5, 1.0) * min(RETRY_BACKOFF_MAX, RETRY_BACKOFF * 2 ** attempt))
         raise AssertionError("unreachable")
+
+    def _input_bytes(self, unit: Unit) -> int:
+        return sum(protocol.ref_nbytes(self.refs[self.plan.source(k)]) for k in unit.inputs)
+
+    def _check_memory(self, units: list[Unit]) -> None:
+        """Refuse a unit whose inputs alone are more than the action's memory: it cannot succeed."""
+        limit = self.backend.memory_mb * 1024 * 1024
+        for unit in units:
+            needed = self._input_bytes(unit)
+            if needed > limit:
+                raise UnitTooLarge(
+                    f"Task {unit.keys[-1]!r} (unit {unit.name}) reads {needed / 2**20:,.0f} MiB of "
+                    f"inputs, more than the {self.backend.memory_mb} MB of memory of "
+                    f"{self.backend.action}: use smaller chunks, or raise the action's memory with "
+                    "`dask-whisk deploy --memory MB` (and whisk.action-memory)")
 
     def _record(self, units: list[Unit], batch: protocol.BatchResult) -> None:
         self.done.update(u.name for u in units)
@@ -202,7 +244,11 @@ class Job:
             f"Activation {activation_id} of {self.backend.action} (units {names}; task "
             f"{units[0].keys[0]!r}) failed with {response.get('status')!r}: {error}"
         )
-        if "memory" in str(error) or "time limit" in str(error):
+        if "memory" in str(error):
+            inputs = sum(map(self._input_bytes, units))
+            message += (f" Its units read {inputs / 2**20:,.1f} MiB of inputs; use smaller chunks, "
+                        "or raise the action's limits with `dask-whisk deploy --memory MB --timeout MS`.")
+        elif "time limit" in str(error):
             message += " Raise the action's limits with `dask-whisk deploy --memory MB --timeout MS`."
         if logs:
             message += "\nLast log lines:\n" + "\n".join(logs[-10:])

@@ -322,8 +322,9 @@ class OpenWhiskClient:
             answer, failure, transient = await self._exchange(
                 session, method, URL(url, encoded=True), path, data, headers, timeout)
             if failure is not None:
-                if transient and self._may_retry(attempt, started, backoff):
+                if transient and not invoke and self._may_retry(attempt, started, backoff):
                     # A pooled keep-alive connection the server had closed: retry on a fresh one.
+                    # Never an invoke: it may have run already (the job retries it afresh).
                     backoff = await _sleep_jittered(backoff)
                     continue
                 raise failure  # raised outside any handler: no chained aiohttp exception
@@ -537,8 +538,8 @@ class OpenWhiskClient:
         await self._ensure_pacing()
         limit = self.settings.run_timeout if timeout is None else timeout
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + limit
         async with self._semaphore:
+            deadline = loop.time() + limit  # time queued for a slot is not the activation's
             invocation = await self._invoke(name, params, blocking=True, result=False,
                                             timeout_ms=None)
             if invocation.record is not None:
@@ -549,6 +550,10 @@ class OpenWhiskClient:
                     return await self.get_activation(invocation.activation_id)
                 except WhiskNotFound:
                     pass  # the record is written when the activation completes
+                except (WhiskServerError, WhiskConnectionError, WhiskTimeout) as exc:
+                    # a GET is safe to repeat; the deadline bounds how long
+                    logger.debug("polling activation %s failed (%s); polling on",
+                                 invocation.activation_id, exc)
                 self.stats.polls += 1
                 remaining = deadline - loop.time()
                 if remaining <= 0:

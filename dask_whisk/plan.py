@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,13 +124,8 @@ def _resolve_aliases(graph: Mapping[Key, GraphNode]) -> dict[Key, Key]:
     return aliases
 
 
-def known_sizes(collection: Any, keys: Iterable[Key], max_depth: int = 8) -> dict[Key, int]:
-    """Output bytes of those ``keys`` that are array chunks, from the chunk shapes and dtypes in
-    the high-level graphs Dask hands the scheduler (the layers' ``collection_annotations``).
-
-    A layer describes its own chunks only, so trust these for tasks that read nothing (sources
-    such as ``random``, ``ones`` or ``from_array``); ``fuse`` does."""
-    layers: dict[str, Mapping[str, Any]] = {}
+def _graphs(collection: Any, max_depth: int = 8) -> Iterator[HighLevelGraph | Expr]:
+    """The high-level graphs and expressions inside what Dask hands the scheduler."""
     todo, seen = [(collection, 0)], set()
     while todo:
         obj, depth = todo.pop()
@@ -138,9 +133,22 @@ def known_sizes(collection: Any, keys: Iterable[Key], max_depth: int = 8) -> dic
             continue
         seen.add(id(obj))
         if isinstance(obj, HighLevelGraph):
-            layers.update((name, layer.collection_annotations or {}) for name, layer in obj.layers.items())
+            yield obj
         elif isinstance(obj, Expr):
+            yield obj
             todo.extend((op, depth + 1) for op in obj.operands)
+
+
+def known_sizes(collection: Any, keys: Iterable[Key]) -> dict[Key, int]:
+    """Output bytes of those ``keys`` that are array chunks, from the chunk shapes and dtypes in
+    the high-level graphs Dask hands the scheduler (the layers' ``collection_annotations``).
+
+    A layer describes its own chunks only, so trust these for tasks that read nothing (sources
+    such as ``random``, ``ones`` or ``from_array``); ``fuse`` does."""
+    layers: dict[str, Mapping[str, Any]] = {}
+    for graph in _graphs(collection):
+        if isinstance(graph, HighLevelGraph):
+            layers.update((name, layer.collection_annotations or {}) for name, layer in graph.layers.items())
     sizes = {}
     for key in keys:
         if isinstance(key, tuple) and key and key[0] in layers:
@@ -148,6 +156,21 @@ def known_sizes(collection: Any, keys: Iterable[Key], max_depth: int = 8) -> dic
             if nbytes is not None:
                 sizes[key] = nbytes
     return sizes
+
+
+def annotated(collection: Any, name: str) -> dict[Key, Any]:
+    """Key -> the value of annotation ``name`` (``dask.annotate(name=...)``) for the keys that
+    carry it, from high-level graph layers and from expressions (delayed)."""
+    found: dict[Key, Any] = {}
+    for graph in _graphs(collection):
+        if isinstance(graph, HighLevelGraph):
+            for layer in graph.layers.values():
+                if layer.annotations and name in layer.annotations:
+                    value = layer.annotations[name]
+                    found.update((key, value(key) if callable(value) else value) for key in layer.keys())
+        else:
+            found.update(graph.__dask_annotations__().get(name, {}))
+    return found
 
 
 def _chunk_bytes(annotations: Mapping[str, Any], index: tuple) -> int | None:

@@ -26,7 +26,7 @@ from dask.utils import key_split
 from .backend import get_backend
 from .job import Job
 from .fuse import FuseSettings
-from .plan import Plan, Unit, as_task_graph, build_plan, flat_keys, known_sizes
+from .plan import Plan, Unit, annotated, as_task_graph, build_plan, flat_keys, known_sizes
 from .report import record
 
 Key = Hashable
@@ -97,16 +97,19 @@ def get(dsk: Mapping | Any, keys: Sequence[Key] | Key, callbacks=None, **kwargs:
     unknown keyword arguments are ignored, as by Dask's own schedulers.
     """
     started = time.perf_counter()
+    cap = dask.config.get("whisk.max-in-flight")
+    if cap is not None and int(cap) <= 0:
+        raise ValueError(f"whisk.max-in-flight must be a positive number of activations (or None "
+                         f"for the namespace's limit), not {cap!r}")
     graph = as_task_graph(dsk if isinstance(dsk, Mapping) else dsk.__dask_graph__())
     backend = get_backend()
-    cap = dask.config.get("whisk.max-in-flight")
     max_in_flight = min(backend.max_in_flight, cap or backend.max_in_flight)
     parallelism = min(max_in_flight, dask.config.get("whisk.parallelism") or backend.parallelism)
     # beyond twice what runs at once, activations only queue in the platform (and look slow)
     max_in_flight = min(max_in_flight, 2 * parallelism)
     sources = (k for k, node in graph.items() if not node.dependencies)
     plan = build_plan(graph, keys, known_sizes(dsk, sources), fuse_settings(parallelism))
-    job = Job(backend, plan)
+    job = Job(backend, plan, retries=annotated(dsk, "retries"))
     with local_callbacks(callbacks) as cbs:
         start, start_state, pretask, posttask, finish = unpack_callbacks(cbs)
         state: dict[str, Any] = {}
@@ -123,16 +126,32 @@ def get(dsk: Mapping | Any, keys: Sequence[Key] | Key, callbacks=None, **kwargs:
             _run(job, graph, wanted, state, pretask, posttask, max_in_flight, parallelism)
             results = job.values(wanted)
             failed = False
+        except BaseException as exc:
+            _close(job, exc)
+            raise
+        else:
+            _close(job, None)
         finally:
-            try:
-                for f in finish:
-                    f(graph, state, failed)
-            finally:
-                job.close()
-                job.report.failed = failed
-                job.report.wall_s = time.perf_counter() - started
-                record(job.report)
+            for f in finish:
+                f(graph, state, failed)
+            job.report.failed = failed
+            job.report.wall_s = time.perf_counter() - started
+            record(job.report)
     return nested_get(keys, results)
+
+
+def _close(job: Job, failure: BaseException | None) -> None:
+    """Delete the job's objects. A cleanup error never replaces the job's outcome: after success
+    it is logged with the way out, after a failure it is a note on the user's exception."""
+    try:
+        job.close()
+    except Exception as exc:  # noqa: BLE001
+        advice = (f"Could not delete the objects of job {job.id} ({type(exc).__name__}: {exc}); "
+                  f"`dask-whisk clean --older-than 0` removes them")
+        if failure is None:
+            logger.warning(advice)
+        else:
+            failure.add_note(advice)
 
 
 class Batcher:
@@ -186,20 +205,46 @@ class _Flight:
     """One batch of units in the air: its copies (the first attempt and any backups)."""
 
     batch: list[Unit]
-    #: when the newest copy was launched
-    launched: float = 0.0
     futures: list[Future] = field(default_factory=list)
+
+
+class Slots:
+    """Which activations in flight can be running: the first ``parallelism`` launched; the rest
+    wait in the platform's queue, and their clock starts when one ahead of them ends. So time
+    queued for a container never makes a healthy activation look like a straggler."""
+
+    def __init__(self, parallelism: int) -> None:
+        self.parallelism = parallelism
+        self.started: dict[Future, float] = {}
+        self.queued: dict[Future, None] = {}  # insertion-ordered: launch order
+
+    def launch(self, future: Future, now: float) -> None:
+        if len(self.started) < self.parallelism:
+            self.started[future] = now
+        else:
+            self.queued[future] = None
+
+    def end(self, future: Future, now: float) -> float | None:
+        """Forget ``future`` (done or cancelled); its start time if it had one."""
+        self.queued.pop(future, None)
+        began = self.started.pop(future, None)
+        while self.queued and len(self.started) < self.parallelism:
+            waiting = next(iter(self.queued))
+            del self.queued[waiting]
+            self.started[waiting] = now
+        return began
 
 
 class Stragglers:
     """When a batch in flight deserves a backup copy (first result wins).
 
-    Cubed's rule, kept per kind of unit where measured: a copy once at least ``MIN_FINISHED``
-    activations have finished, more than half of those launched so far, and the newest copy has
-    run more than ``SLOWDOWN`` times the median duration of finished ones of its kind (of all
-    kinds while its own has fewer); never sooner than ``MIN_SECONDS``, at most ``MAX_COPIES``
-    copies in all. Half finished keeps a burst of cold starts queued in the platform from
-    looking like stragglers.
+    Cubed's rule, on the time the worker reports an activation ran: a copy once at least
+    ``MIN_FINISHED`` activations have finished, more than half of those launched so far, and the
+    newest copy has held its slot (see :class:`Slots`) for longer than ``SLOWDOWN`` times the
+    median run of finished ones of its kind (of all kinds while its own has fewer), at least
+    ``MIN_SECONDS``, plus the largest overhead a finished one had beyond its run (invoke latency,
+    a cold start): a burst of cold starts is not a set of stragglers, and a hang is caught a few
+    warm runs after it began. At most ``MAX_COPIES`` copies in all.
     """
 
     MIN_FINISHED = 3
@@ -209,26 +254,30 @@ class Stragglers:
 
     def __init__(self) -> None:
         self.enabled = bool(dask.config.get("whisk.backups"))
-        self.durations: dict[str, list[float]] = {}
+        self.runs: dict[str, list[float]] = {}
         self.all: list[float] = []
+        self.overhead = 0.0
         self.launched = 0
 
     def launching(self) -> None:
         self.launched += 1
 
-    def finished(self, flight: _Flight, now: float) -> None:
-        seconds = now - flight.launched
-        self.durations.setdefault(Batcher.kind(flight.batch[0]), []).append(seconds)
-        self.all.append(seconds)
+    def finished(self, flight: _Flight, held_s: float | None, run_s: float) -> None:
+        """A copy of ``flight`` finished after holding its slot ``held_s`` (None: never had one)."""
+        self.runs.setdefault(Batcher.kind(flight.batch[0]), []).append(run_s)
+        self.all.append(run_s)
+        if held_s is not None:
+            self.overhead = max(self.overhead, held_s - run_s)
 
-    def due(self, flight: _Flight, now: float) -> bool:
+    def due(self, flight: _Flight, slots: Slots, now: float) -> bool:
+        began = slots.started.get(flight.futures[-1])
         finished = len(self.all)
-        if (not self.enabled or finished < self.MIN_FINISHED or 2 * finished <= self.launched
-                or len(flight.futures) >= self.MAX_COPIES):
+        if (not self.enabled or began is None or finished < self.MIN_FINISHED
+                or 2 * finished <= self.launched or len(flight.futures) >= self.MAX_COPIES):
             return False
-        same = self.durations.get(Batcher.kind(flight.batch[0]), [])
+        same = self.runs.get(Batcher.kind(flight.batch[0]), [])
         median = statistics.median(same if len(same) >= self.MIN_FINISHED else self.all)
-        return now - flight.launched > max(self.MIN_SECONDS, self.SLOWDOWN * median)
+        return now - began > max(self.MIN_SECONDS, self.SLOWDOWN * median) + self.overhead
 
 
 #: how often the dispatcher looks for stragglers while it waits (seconds)
@@ -246,6 +295,7 @@ def _run(job: Job, graph: Mapping, wanted: list[Key], state: dict[str, Any], pre
     keep = {plan.source(k) for k in wanted}
     batcher = Batcher(job, parallelism)
     stragglers = Stragglers()
+    slots = Slots(parallelism)
     done: queue.Queue[tuple[int, Future]] = queue.Queue()
     flights: dict[int, _Flight] = {}
     in_flight = 0
@@ -253,12 +303,11 @@ def _run(job: Job, graph: Mapping, wanted: list[Key], state: dict[str, Any], pre
 
     def launch(fid: int) -> None:
         nonlocal in_flight
-        flight = flights[fid]
-        future = job.backend.io.submit(job.run_units(flight.batch))
-        future.add_done_callback(lambda fut: done.put((fid, fut)))
-        flight.futures.append(future)
-        flight.launched = time.monotonic()
+        future = job.backend.io.submit(job.run_units(flights[fid].batch))
+        flights[fid].futures.append(future)
+        slots.launch(future, time.monotonic())
         in_flight += 1
+        future.add_done_callback(lambda fut: done.put((fid, fut)))
 
     try:
         while ready or flights:
@@ -282,26 +331,28 @@ def _run(job: Job, graph: Mapping, wanted: list[Key], state: dict[str, Any], pre
             except queue.Empty:
                 now = time.monotonic()
                 for fid, flight in list(flights.items()):
-                    if stragglers.due(flight, now):
+                    if stragglers.due(flight, slots, now):
                         logger.debug("backing up units %s after %.1f s", [u.name for u in flight.batch],
-                                     now - flight.launched)
+                                     now - slots.started[flight.futures[-1]])
                         job.report.backups += 1
                         launch(fid)
                 continue
             in_flight -= 1
+            began = slots.end(future, time.monotonic())
             flight = flights.get(fid)
             if flight is None or future.cancelled():
                 continue  # a copy of a batch another copy already finished
             flight.futures.remove(future)
             if future.exception() is not None and flight.futures:
                 continue  # another copy is still running: its outcome decides
-            activation_id = future.result()  # raises the batch's failure
+            ran = future.result()  # raises the batch's failure
             del flights[fid]
             for loser in flight.futures:
                 loser.cancel()
-            stragglers.finished(flight, time.monotonic())
-            _finish(job, flight.batch, activation_id, graph, state, posttask, batcher, waiting, ready,
-                    readers, keep)
+            now = time.monotonic()
+            stragglers.finished(flight, None if began is None else now - began, ran.duration_s)
+            _finish(job, flight.batch, ran.activation_id, graph, state, posttask, batcher, waiting,
+                    ready, readers, keep)
     finally:
         if flights:
             logger.warning("Stopping with %d activations in flight; their results will be discarded",
