@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import urllib.parse
 from typing import Any
 
@@ -83,13 +84,72 @@ class SwiftSettings:
         swiftclient.client.logger_settings["reveal_sensitive_prefix"] = 0
         common = dict(retries=self.retries, starting_backoff=self.backoff,
                       max_backoff=max(self.backoff * 16, 1.0), timeout=self.timeout)
+        connection = _connection_class()
         if self.auth_url:
-            return swiftclient.Connection(
+            return connection(
                 authurl=self.auth_url, user=self.user, key=self.key,
                 auth_version=self.auth_version, os_options=dict(self.os_options),
                 preauthurl=self.storage_url, **common,
             )
-        return swiftclient.Connection(preauthurl=self.storage_url, preauthtoken=self.token, **common)
+        return connection(preauthurl=self.storage_url, preauthtoken=self.token, **common)
+
+
+_CONNECTION: type | None = None
+
+
+def _connection_class() -> type:
+    """swiftclient's Connection, retrying what it misses and with jittered delays (made once).
+
+    swiftclient retries connection errors, 5xx, 408 and 429 a bounded number of times
+    (``retries``) and re-authenticates on 401, but:
+
+    - a connection that drops in the middle of a response body (urllib3's ``ProtocolError``)
+      escapes its retries: here it is retried like a connection reset;
+    - it sleeps exactly ``starting_backoff``, then twice that, up to ``max_backoff``, so clients
+      that failed together would retry together: here both are read with a random factor in
+      [0.5, 1.5), spreading each call's delays out.
+    """
+    global _CONNECTION
+    if _CONNECTION is None:
+        import http.client
+
+        import requests.exceptions
+        import swiftclient
+        import urllib3.exceptions
+
+        class Connection(swiftclient.Connection):
+            """A swiftclient Connection that also retries cut bodies, with jittered delays."""
+
+            def _retry(self, reset_func, func, *args, **kwargs):
+                def call(*a, **kw):
+                    try:
+                        return func(*a, **kw)
+                    except urllib3.exceptions.SSLError:
+                        raise
+                    except (urllib3.exceptions.HTTPError, http.client.HTTPException) as exc:
+                        raise requests.exceptions.ConnectionError(
+                            f"response cut short: {type(exc).__name__}") from exc
+
+                return super()._retry(reset_func, call, *args, **kwargs)
+
+            @property
+            def starting_backoff(self) -> float:
+                return self._starting_backoff * random.uniform(0.5, 1.5)
+
+            @starting_backoff.setter
+            def starting_backoff(self, value: float) -> None:
+                self._starting_backoff = value
+
+            @property
+            def max_backoff(self) -> float:
+                return self._max_backoff * random.uniform(0.5, 1.5)
+
+            @max_backoff.setter
+            def max_backoff(self, value: float) -> None:
+                self._max_backoff = value
+
+        _CONNECTION = Connection
+    return _CONNECTION
 
 
 def resolve_settings(**options: Any) -> SwiftSettings:
