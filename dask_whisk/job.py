@@ -207,7 +207,9 @@ class Job:
         raise AssertionError("unreachable")
 
     def _input_bytes(self, unit: Unit) -> int:
-        return sum(protocol.ref_nbytes(self.refs[self.plan.source(k)]) for k in unit.inputs)
+        """Bytes a unit reads: its spec (values embedded in tasks included) and its inputs."""
+        return protocol.ref_nbytes(self.specs[unit.name]) + sum(
+            protocol.ref_nbytes(self.refs[self.plan.source(k)]) for k in unit.inputs)
 
     def _check_memory(self, units: list[Unit]) -> None:
         """Refuse a unit whose inputs alone are more than the action's memory: it cannot succeed."""
@@ -217,7 +219,7 @@ class Job:
             if needed > limit:
                 raise UnitTooLarge(
                     f"Task {unit.keys[-1]!r} (unit {unit.name}) reads {needed / 2**20:,.0f} MiB of "
-                    f"inputs, more than the {self.backend.memory_mb} MB of memory of "
+                    f"inputs and task data, more than the {self.backend.memory_mb} MB of memory of "
                     f"{self.backend.action}: use smaller chunks, or raise the action's memory with "
                     "`dask-whisk deploy --memory MB` (and whisk.action-memory)")
 
@@ -246,7 +248,7 @@ class Job:
         )
         if "memory" in str(error):
             inputs = sum(map(self._input_bytes, units))
-            message += (f" Its units read {inputs / 2**20:,.1f} MiB of inputs; use smaller chunks, "
+            message += (f" Its units read {inputs / 2**20:,.1f} MiB of inputs and task data; use smaller chunks, "
                         "or raise the action's limits with `dask-whisk deploy --memory MB --timeout MS`.")
         elif "time limit" in str(error):
             message += " Raise the action's limits with `dask-whisk deploy --memory MB --timeout MS`."

@@ -354,9 +354,10 @@ def _run(job: Job, graph: Mapping, wanted: list[Key], state: dict[str, Any], pre
             _finish(job, flight.batch, ran.activation_id, graph, state, posttask, batcher, waiting,
                     ready, readers, keep)
     finally:
-        if flights:
+        airborne = sum(len(f.futures) for f in flights.values())
+        if airborne:
             logger.warning("Stopping with %d activations in flight; their results will be discarded",
-                           sum(len(f.futures) for f in flights.values()))
+                           airborne)
         for flight in flights.values():
             for future in flight.futures:
                 future.cancel()

@@ -246,6 +246,9 @@ class Invoker:
         for task in self._housekeeping + list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._housekeeping, *self._tasks, return_exceptions=True)
+        for activation in self.in_flight.values():  # blocking invokes waiting on them end now
+            if not activation.done.done():
+                activation.done.cancel()
         if self.pool is not None:
             await self.pool.close()
         if self._session is not None:

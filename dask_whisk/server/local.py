@@ -39,4 +39,7 @@ class LocalWhisk:
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._runner is not None:
+            # activations first: requests still waiting on them then end at once, so shutting
+            # down never waits for an activation's time limit (a real deployment's would go on)
+            await self._runner.app[WHISK_KEY].invoker.stop()
             await self._runner.cleanup()
