@@ -187,9 +187,9 @@ def test_package_defaults_and_accessors():
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
-        for limit, expected in ((20, 16), (1000, 500), (min(hard, 40_000), min(hard, 40_000) // 2)):
+        for limit, expected in ((20, 16), (33, 16), (34, 17), (1000, 500), (4001, 2000)):
             resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
-            assert ClientSettings.from_dask_config().connection_limit == min(expected, 10_000), limit
+            assert ClientSettings.from_dask_config().connection_limit == expected, limit
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     with dask.config.set({"whisk.client.connection-limit": 50, "whisk.max-in-flight": 8}):
@@ -197,3 +197,16 @@ def test_package_defaults_and_accessors():
         assert (settings.connection_limit, settings.max_in_flight, settings.retry_attempts) == (50, 8, 3)
     with pytest.raises(WhiskConfigError, match="max-in-flight"):
         ClientSettings(max_in_flight=0)
+
+
+def test_connection_limit_is_capped_at_ten_thousand(monkeypatch):
+    # Open-files limits above 20,000 may be over this machine's hard limit: the module reads
+    # them through resource.getrlimit, so that is what answers here. Unlimited reads as 65,536.
+    import dask_whisk.config as config
+
+    for soft, expected in ((19_998, 9_999), (20_002, 10_000), (40_000, 10_000)):
+        monkeypatch.setattr(config.resource, "getrlimit", lambda _, soft=soft: (soft, soft))
+        assert ClientSettings.from_dask_config().connection_limit == expected, soft
+    unlimited = config.resource.RLIM_INFINITY
+    monkeypatch.setattr(config.resource, "getrlimit", lambda _: (unlimited, unlimited))
+    assert ClientSettings.from_dask_config().connection_limit == 10_000

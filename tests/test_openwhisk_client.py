@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pickle
 import socket
 import uuid
@@ -18,7 +19,9 @@ from dask_whisk.openwhisk import (
     WhiskError,
     WhiskNotFound,
     WhiskPayloadTooLarge,
+    WhiskServerError,
     WhiskThrottled,
+    WhiskTimeout,
 )
 from dask_whisk.server import GUEST_AUTH, FaultSettings, ServerSettings, start_server_process
 
@@ -418,3 +421,203 @@ def test_errors_pickle_with_their_fields():
     assert type(copy) is WhiskConflict and isinstance(copy, WhiskError)
     assert (copy.status, copy.request_id, copy.message, str(copy)) == (
         409, "r" * 32, "resource already exists", str(error))
+
+
+# -- odd answers no OpenWhisk gives, from a small aiohttp server ------------------------------
+
+NS = "/api/v1/namespaces/_"
+WIDE_OPEN = {"concurrentInvocations": 100, "invocationsPerMinute": 10**6}
+
+
+@contextlib.asynccontextmanager
+async def odd_server(routes: dict, seen: list):
+    """A loopback aiohttp server answering ``routes`` ({(method, path): handler}); every
+    request's (method, path, Authorization present) is appended to ``seen``."""
+    from aiohttp import web
+
+    def recording(handler):
+        async def handle(request):
+            seen.append((request.method, request.path, "Authorization" in request.headers))
+            return await handler(request)
+        return handle
+
+    app = web.Application()
+    for (method, path), handler in routes.items():
+        app.router.add_route(method, path, recording(handler))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+def odd_client(url: str, **settings) -> OpenWhiskClient:
+    return OpenWhiskClient(WhiskConfig(apihost=url, auth=GUEST_AUTH),
+                           ClientSettings.from_dask_config(**settings))
+
+
+def test_no_answer_within_the_read_timeout_is_a_whisk_timeout():
+    from aiohttp import web
+
+    seen: list = []
+
+    async def scenario():
+        release = asyncio.Event()
+
+        async def silent(request):
+            await release.wait()  # answers only once the client has given up
+            return web.json_response({})
+
+        async with odd_server({("GET", f"{NS}/limits"): silent}, seen) as url:
+            try:
+                async with odd_client(url) as client:
+                    started = asyncio.get_running_loop().time()
+                    with pytest.raises(WhiskTimeout) as caught:
+                        await client._call("GET", "limits", read_timeout=0.5)
+                    return caught.value, asyncio.get_running_loop().time() - started
+            finally:
+                release.set()
+    error, waited = arun(scenario())
+    assert type(error) is WhiskTimeout and error.status is None
+    assert 0.5 <= waited < 10
+    assert "sent no answer within" in str(error) and "GET /api/v1/namespaces/_/limits" in str(error)
+    assert GUEST_AUTH.split(":")[1] not in str(error)
+    assert error.__context__ is None and error.__cause__ is None
+    assert seen == [("GET", f"{NS}/limits", True)]  # a timeout is not retried
+
+
+def test_run_without_a_record_in_time_is_a_whisk_timeout():
+    from aiohttp import web
+
+    seen: list = []
+    polled_at: list = []
+    activation_id = "a" * 32
+
+    async def accepted(request):
+        return web.json_response({"activationId": activation_id}, status=202,
+                                 headers={"x-openwhisk-activation-id": activation_id,
+                                          "X-Request-ID": "invoke-request"})
+
+    async def missing(request):  # the odd server runs on the client's own event loop
+        polled_at.append(asyncio.get_running_loop().time())
+        return web.json_response({"error": "The requested resource does not exist.", "code": "r"},
+                                 status=404)
+
+    async def scenario():
+        routes = {("POST", f"{NS}/actions/slow"): accepted,
+                  ("GET", f"{NS}/activations/{activation_id}"): missing}
+        async with odd_server(routes, seen) as url, odd_client(url) as client:
+            await client.configure_pacing(WIDE_OPEN)
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(WhiskTimeout) as caught:
+                await asyncio.wait_for(client.run("slow", {}, timeout=1.0), 30)
+            return caught.value, started, asyncio.get_running_loop().time(), client.stats.polls
+    error, started, ended, polls = arun(scenario())
+    assert type(error) is WhiskTimeout
+    assert f"Activation {activation_id} of 'slow' produced no record within 1 s" in str(error)
+    assert error.request_id == "invoke-request"
+    assert 1.0 <= ended - started < 15
+    assert seen[0] == ("POST", f"{NS}/actions/slow", True)
+    assert seen[1:] == [("GET", f"{NS}/activations/{activation_id}", True)] * len(seen[1:])
+    assert len(polled_at) == len(seen) - 1 == polls  # each poll one GET
+    assert polled_at[-1] >= started + 1.0  # polled until the deadline, not given up before
+
+
+def test_redirects_are_reported_not_followed():
+    from aiohttp import web
+
+    seen: list = []
+
+    def redirect(status: int, located: bool = True):
+        async def handle(request):  # to the same server, which would answer there
+            headers = {"Location": f"http://{request.host}/elsewhere"} if located else {}
+            return web.Response(status=status, headers=headers)
+        return handle
+
+    async def elsewhere(request):
+        return web.json_response({"concurrentInvocations": 1, "activationId": "b" * 32,
+                                  "name": "gone", "exec": {}})
+
+    async def scenario():
+        routes = {("GET", "/elsewhere"): elsewhere, ("POST", "/elsewhere"): elsewhere,
+                  ("GET", f"{NS}/limits"): redirect(302),
+                  ("POST", f"{NS}/actions/moved"): redirect(307),
+                  ("GET", f"{NS}/actions/gone"): redirect(301, located=False)}
+        errors = []
+        async with odd_server(routes, seen) as url, odd_client(url) as client:
+            with pytest.raises(WhiskError) as caught:
+                await client.limits()
+            errors.append(caught.value)
+            await client.configure_pacing(WIDE_OPEN)  # the limits route redirects
+            with pytest.raises(WhiskError) as caught:
+                await client.invoke("moved", {"x": 1}, blocking=True)
+            errors.append(caught.value)
+            with pytest.raises(WhiskError) as caught:
+                await client.get_action("gone")
+            errors.append(caught.value)
+        return url, errors
+    url, (limits, invoke, gone) = arun(scenario())
+    for error, status in ((limits, 302), (invoke, 307), (gone, 301)):
+        assert type(error) is WhiskError and error.status == status  # no subclass fits a 3xx
+        assert "set the API host to where it redirects" in str(error)
+    assert f"redirected to {url}/elsewhere" in str(limits) and f"{url}/elsewhere" in str(invoke)
+    assert "redirected to (nowhere)" in str(gone)
+    assert [path for _, path, _ in seen] == [f"{NS}/limits", f"{NS}/actions/moved",
+                                             f"{NS}/actions/gone"]  # /elsewhere never asked
+
+
+def test_5xx_without_an_activation_id_raises_and_with_one_is_returned():
+    from aiohttp import web
+
+    seen: list = []
+
+    async def proxy(request):  # a gateway's own 502: HTML, no activation id
+        return web.Response(status=502, text="<html><h1>502 Bad Gateway</h1></html>",
+                            content_type="text/html")
+
+    async def controller(request):  # OpenWhisk's controller failing before any activation
+        return web.json_response({"error": "The server encountered an internal error.",
+                                  "code": "ctl-request"}, status=500)
+
+    async def unavailable(request):
+        return web.json_response({"error": "System is overloaded.", "code": "busy"}, status=503)
+
+    async def failed_activation(request):  # the activation's own whisk error: a record
+        record = {"activationId": "c" * 32,
+                  "response": {"status": "whisk internal error", "success": False,
+                               "result": {"error": "boom"}}}
+        return web.json_response(record, status=500, headers={"x-openwhisk-activation-id": "c" * 32})
+
+    async def scenario():
+        routes = {("POST", f"{NS}/actions/proxy"): proxy,
+                  ("POST", f"{NS}/actions/controller"): controller,
+                  ("POST", f"{NS}/actions/busy"): unavailable,
+                  ("POST", f"{NS}/actions/failed"): failed_activation}
+        raised = {}
+        async with odd_server(routes, seen) as url, \
+                odd_client(url, retry_attempts=2, retry_max_seconds=30) as client:
+            await client.configure_pacing(WIDE_OPEN)
+            for name in ("proxy", "controller", "busy"):
+                with pytest.raises(WhiskServerError) as caught:
+                    await client.invoke(name, {}, blocking=True)
+                raised[name] = caught.value
+            with pytest.raises(WhiskServerError) as caught:
+                await client.run("proxy", {})
+            raised["run proxy"] = caught.value
+            returned = await client.invoke("failed", {}, blocking=True)
+            record = await client.run("failed", {})
+        return raised, returned, record
+    raised, returned, record = arun(scenario())
+    assert raised["proxy"].status == 502 and "502 Bad Gateway" in raised["proxy"].message
+    assert raised["proxy"].request_id is None
+    assert raised["run proxy"].status == 502
+    assert raised["controller"].status == 500 and raised["controller"].request_id == "ctl-request"
+    assert raised["controller"].message == "The server encountered an internal error."
+    assert raised["busy"].status == 503 and raised["busy"].request_id == "busy"
+    assert [path for _, path, _ in seen].count(f"{NS}/actions/busy") == 2  # retried to the budget
+    assert returned.status == 500 and returned.activation_id == "c" * 32
+    assert returned.result == {"error": "boom"}
+    assert record["response"]["status"] == "whisk internal error"

@@ -15,7 +15,7 @@ from dask_whisk.server.settings import FaultSettings, ServerSettings
 SLEEP = "import time\ndef main(args):\n    time.sleep(args.get('s', 1))\n    return {'slept': args.get('s', 1)}\n"
 
 
-def wait_for_fresh_minute(margin: float = 3.0) -> None:
+def wait_for_fresh_minute(margin: float = 10.0) -> None:
     """The per-minute bucket is a wall-clock minute: start a rate test well inside one."""
     left = 60 - time.time() % 60
     if left < margin:
@@ -23,18 +23,31 @@ def wait_for_fresh_minute(margin: float = 3.0) -> None:
 
 
 def test_invocations_per_minute_429(server_factory):
-    handle = server_factory(invocations_per_minute=3)
+    """Three invokes a minute: the fourth in the same wall-clock minute is refused.
 
+    The server counts in wall-clock minute buckets (``time.time() // 60``, on this machine's
+    clock), and counts each invoke when it accepts the request, before any container starts:
+    so the invokes are non-blocking, and when the four requests did not all fall within one
+    minute as seen from here (only a stalled machine takes the 10 s margin), the case is run
+    again on a fresh server in the next minute instead of being judged on a split window.
+    """
     async def scenario(ow):
         await ow.put_action("echo", "def main(a):\n    return a\n")
         wait_for_fresh_minute()
-        statuses = [(await ow.invoke("echo"))[0] for _ in range(3)]
-        status, error, headers = await ow.invoke("echo")
-        assert statuses == [200, 200, 200] and status == 429
-        assert error["error"] == "Too many requests in the last minute (count: 4, allowed: 3)."
-        assert "Retry-After" not in headers
+        first = time.time()
+        answers = [await ow.request("POST", "actions/echo", {}) for _ in range(4)]
+        last = time.time()
+        return int(first // 60) == int(last // 60), answers
 
-    run_raw(handle, scenario)
+    for _ in range(3):
+        one_minute, answers = run_raw(server_factory(invocations_per_minute=3), scenario)
+        if one_minute:
+            break
+    assert one_minute, "no attempt kept four requests within one wall-clock minute"
+    assert [status for status, _, _ in answers] == [202, 202, 202, 429]
+    _, error, headers = answers[3]
+    assert error["error"] == "Too many requests in the last minute (count: 4, allowed: 3)."
+    assert "Retry-After" not in headers
 
 
 def test_concurrent_invocations_429_and_pool_wait(server_factory):
@@ -92,12 +105,13 @@ def test_fault_mode_hang_and_latency(server_factory):
     handle = server_factory(faults=FaultSettings(hang_rate=1.0, latency_ms=300), **ROOMY)
 
     async def scenario(ow):
-        await ow.put_action("echo", "def main(a):\n    return a\n", limits={"timeout": 400})
+        # the limit is the cold /init's too: roomy enough for one on a loaded machine
+        await ow.put_action("echo", "def main(a):\n    return a\n", limits={"timeout": 3000})
         started = time.monotonic()
         status, record, _ = await ow.invoke("echo")
-        assert time.monotonic() - started >= 0.7
+        assert time.monotonic() - started >= 0.3 + 3.0  # the request's latency, then the hang
         assert status == 502 and record["response"]["result"] == {
-            "error": "The action exceeded its time limits of 400 milliseconds."}
+            "error": "The action exceeded its time limits of 3000 milliseconds."}
 
     run_raw(handle, scenario)
 
@@ -144,24 +158,55 @@ def _runtime_children(pid: int) -> set[int]:
     return children
 
 
-def test_idle_removal_log_limit_and_no_leaked_processes(server_factory):
-    handle = server_factory(idle_container_seconds=0.5, **ROOMY)
+def _has_init(record: dict) -> bool:
+    return any(a["key"] == "initTime" for a in record["annotations"])
+
+
+def test_idle_containers_are_removed_after_their_idle_time(server_factory):
+    idle = 1.0
+    handle = server_factory(idle_container_seconds=idle, **ROOMY)
+
+    async def scenario(ow):
+        await ow.put_action("idler", "def main(a):\n    return {}\n")
+        for _ in range(3):  # a cold invoke, then a warm one measured from before it was sent
+            status, record, _ = await ow.invoke("idler")
+            assert status == 200
+            sent = time.monotonic()
+            status, record, _ = await ow.invoke("idler")
+            assert status == 200
+            if not _has_init(record):  # reaped in between only when this process stalled > idle
+                break
+        assert not _has_init(record)
+        # The container was last used after `sent`: it may go no earlier than `idle` after
+        # that, and must go within a deadline (the reaper looks every idle/4 seconds).
+        deadline = sent + idle + 30
+        while _runtime_children(handle.process.pid) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        gone = time.monotonic()
+        assert _runtime_children(handle.process.pid) == set(), "the idle container was not removed"
+        assert gone - sent >= idle, f"removed {gone - sent:.3f} s after its last use began"
+        status, record, _ = await ow.invoke("idler")
+        assert status == 200 and _has_init(record)  # the next invoke starts a new container
+
+    run_raw(handle, scenario)
+
+
+def test_log_limit_warm_reuse_and_no_leaked_processes(server_factory):
+    handle = server_factory(idle_container_seconds=600, **ROOMY)  # no reaping during the test
 
     async def scenario(ow):
         await ow.put_action("chatty", "def main(a):\n    print('x' * 100)\n    return {}\n",
                             limits={"logs": 0})
-        status, record, _ = await ow.invoke("chatty")
-        assert status == 200 and record["logs"][0].endswith(
-            "Logs were truncated because the total bytes size exceeds the limit of 0 bytes.")
+        for _ in range(2):
+            status, record, _ = await ow.invoke("chatty")
+            assert status == 200 and record["logs"][0].endswith(
+                "Logs were truncated because the total bytes size exceeds the limit of 0 bytes.")
+        assert not _has_init(record)  # the second invoke reused the first one's container
         assert len(_runtime_children(handle.process.pid)) == 1
-        await asyncio.sleep(2)
-        assert _runtime_children(handle.process.pid) == set()  # removed after its idle time
-        status, record, _ = await ow.invoke("chatty")
-        assert any(a["key"] == "initTime" for a in record["annotations"])
 
     run_raw(handle, scenario)
     children = _runtime_children(handle.process.pid)
-    assert len(children) == 1
+    assert len(children) == 1  # kept warm after the client left
     handle.process.kill()  # even a killed server leaves no container behind
     handle.process.wait()
     deadline = time.monotonic() + 5

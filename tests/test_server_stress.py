@@ -1,4 +1,5 @@
-"""Many activations in flight at once against the local server: none lost, each answered once."""
+"""Many activations against the local server: none lost, each answered once (latency figures:
+benchmarks/server_latency.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -52,19 +53,25 @@ def test_hundreds_in_flight_none_lost(server_process):
     run_raw(server_process, scenario)
 
 
-def test_warm_blocking_latency(server_process):
+def test_warm_blocking_invokes_reuse_one_container(server_process):
+    """Sequential blocking invokes: each answered with its own result by the one warm container.
+
+    How fast they are is a figure for benchmarks/server_latency.py, not an assertion here.
+    """
+    code = "import os\ndef main(args):\n    return {'i': args['i'], 'pid': os.getpid()}\n"
+
     async def scenario(ow):
-        await ow.put_action("trivial", "def main(args):\n    return {}\n")
-        await ow.invoke("trivial")  # cold start
-        samples = []
-        for _ in range(200):
-            started = time.perf_counter()
-            status, _, _ = await ow.invoke("trivial", result=True)
-            samples.append(time.perf_counter() - started)
-            assert status == 200
-        samples.sort()
-        median = samples[len(samples) // 2] * 1000
-        print(f"warm blocking invoke: median {median:.2f} ms, p95 {samples[190] * 1000:.2f} ms")
-        assert median < 50
+        await ow.put_action("warm-seq", code)
+        records = []
+        for i in range(200):
+            status, record, headers = await ow.invoke("warm-seq", {"i": i})
+            assert status == 200, record
+            assert headers["x-openwhisk-activation-id"] == record["activationId"]
+            records.append(record)
+        assert [r["response"]["result"]["i"] for r in records] == list(range(200))
+        assert len({r["activationId"] for r in records}) == 200
+        cold = ["initTime" in {a["key"] for a in r["annotations"]} for r in records]
+        assert cold == [True] + [False] * 199  # only the first started a container
+        assert len({r["response"]["result"]["pid"] for r in records}) == 1  # and it served all
 
     run_raw(server_process, scenario)
