@@ -25,6 +25,8 @@ class JobReport:
     retries: int = 0
     #: backup copies launched for stragglers (the first copy to finish wins)
     backups: int = 0
+    #: the most attempts (retries and backups) any one unit took
+    max_attempts: int = 0
     cold_starts: int = 0
     #: bytes written to the store (client uploads and unit outputs) and carried inline in messages
     bytes_stored: int = 0
@@ -55,6 +57,7 @@ class JobReport:
             ("tasks / units / critical path", f"{self.tasks} / {self.units} / {self.critical_path_units}"),
             ("activations (retries, backups, cold starts)",
              f"{self.activations} ({self.retries}, {self.backups}, {self.cold_starts})"),
+            ("most attempts of one unit", f"{self.max_attempts}"),
             ("bytes stored / inline", f"{self.bytes_stored:,} / {self.bytes_inline:,}"),
             ("wall / planning / activations (s)", f"{self.wall_s:.3f} / {self.plan_s:.3f} / {self.activation_s:.3f}"),
             ("decode / compute / store (s)", " / ".join(f"{self.phases_s.get(p, 0.0):.3f}"

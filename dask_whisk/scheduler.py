@@ -135,6 +135,7 @@ def get(dsk: Mapping | Any, keys: Sequence[Key] | Key, callbacks=None, **kwargs:
             for f in finish:
                 f(graph, state, failed)
             job.report.failed = failed
+            job.report.max_attempts = max(job.attempts.values(), default=0)
             job.report.wall_s = time.perf_counter() - started
             record(job.report)
     return nested_get(keys, results)
@@ -331,9 +332,11 @@ def _run(job: Job, graph: Mapping, wanted: list[Key], state: dict[str, Any], pre
             except queue.Empty:
                 now = time.monotonic()
                 for fid, flight in list(flights.items()):
-                    if stragglers.due(flight, slots, now):
-                        logger.debug("backing up units %s after %.1f s", [u.name for u in flight.batch],
-                                     now - slots.started[flight.futures[-1]])
+                    # a backup never adds to what is in flight beyond the limit (nor to a backlog)
+                    if in_flight < max_in_flight and not slots.queued and stragglers.due(flight, slots, now):
+                        logger.debug("backing up units %s after %.1f s (overhead allowed %.1f s)",
+                                     [u.name for u in flight.batch],
+                                     now - slots.started[flight.futures[-1]], stragglers.overhead)
                         job.report.backups += 1
                         launch(fid)
                 continue

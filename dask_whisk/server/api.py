@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hmac
 import json
 import re
@@ -252,6 +253,12 @@ async def invoke_action(request: web.Request) -> web.Response:
     action = whisk.actions.get(name)
     activation = whisk.invoker.submit(action, params, request["request_id"], fault)
     headers = {"x-openwhisk-activation-id": activation.id}
+    if fault == "drop":
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(activation.done), wait_ms / 1000.0)
+        if request.transport is not None:
+            request.transport.abort()
+        return web.Response(status=500)  # never sent: the connection is gone
     if blocking:
         try:
             record = await asyncio.wait_for(asyncio.shield(activation.done), wait_ms / 1000.0)

@@ -27,6 +27,7 @@ FAULT_KINDS = (
     "crash",
     "429",
     "503",
+    "drop",  # the activation runs, but the invoke's connection closes without an answer
 )
 
 
