@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import threading
 from collections.abc import Coroutine
@@ -50,8 +51,17 @@ class EventLoopThread:
         return self.submit(coro).result()
 
     def stop(self) -> None:
-        """Stop the loop and join its thread."""
+        """Cancel what still runs on the loop (its callers' futures end cancelled), stop the
+        loop and join its thread."""
         if self.loop.is_running():
+            async def cancel_all() -> None:
+                tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(cancel_all(), self.loop).result(timeout=5)
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=5)
 
@@ -136,12 +146,14 @@ def _embedded_whisk() -> whisk_config.WhiskConfig:
 
 def get_backend() -> Backend:
     """The backend for the current configuration, created once (the embedded one: while its
-    server lives)."""
+    server lives; any one again once closed)."""
     found = whisk_config.find_whisk_config()
     key = (found, dask.config.get("whisk.action"))
     with _lock:
         if found is None:
             whisk = _embedded_whisk()
+        if key in _backends and not _backends[key].io.loop.is_running():
+            del _backends[key]  # closed (by a user, or at a restart of the embedded server)
         if key not in _backends:
             _backends[key] = Backend(whisk if found is None else found, embedded=found is None)
             atexit.register(_backends[key].close)

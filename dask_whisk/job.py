@@ -12,7 +12,7 @@ import json
 import logging
 import random
 import secrets
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -89,6 +89,7 @@ class Job:
         #: unit name -> attempts started (retries and backup copies); units whose outputs are taken
         self.attempts: dict[str, int] = {}
         self.done: set[str] = set()
+        self._releases: list[Future] = []
         self.report = JobReport(**{k: v for k, v in plan.summary().items() if k in
                                    ("tasks", "units", "critical_path_units")})
 
@@ -259,6 +260,11 @@ class Job:
 
     # --- values and cleanup -----------------------------------------------------------------
 
+    def release_soon(self, keys: Iterable[Key]) -> None:
+        """:meth:`release` ``keys`` on the backend's loop, off the dispatch path (until close)."""
+        self._releases = [f for f in self._releases if not f.done()]
+        self._releases.append(self.backend.io.submit(self.release(list(keys))))
+
     async def release(self, keys: Iterable[Key]) -> None:
         """Forget values no unit will read again, deleting the stored ones (off the dispatch path).
 
@@ -286,6 +292,8 @@ class Job:
 
     def close(self) -> None:
         """Delete everything the job stored; called on success and on failure."""
+        for pending in self._releases:  # the teardown deletes what they would
+            pending.cancel()
         try:
             self.store.destroy()
         finally:

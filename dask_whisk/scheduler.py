@@ -330,6 +330,11 @@ def _run(job: Job, graph: Mapping, wanted: list[Key], state: dict[str, Any], pre
             try:
                 fid, future = done.get(timeout=STRAGGLER_POLL)
             except queue.Empty:
+                if not job.backend.io.loop.is_running():
+                    raise RuntimeError(
+                        "The OpenWhisk backend of this job was closed while it ran (the embedded "
+                        "server was restarted by another thread, or the client shut down): its "
+                        "activations' results can no longer arrive. Run the computation again.")
                 now = time.monotonic()
                 for fid, flight in list(flights.items()):
                     # a backup never adds to what is in flight beyond the limit (nor to a backlog)
@@ -390,4 +395,4 @@ def _finish(job: Job, batch: list[Unit], activation_id: str, graph: Mapping, sta
             for f in posttask:
                 f(key, None, graph, state, activation_id)
     if released:
-        job.backend.io.submit(job.release(released))
+        job.release_soon(released)

@@ -190,3 +190,22 @@ def test_five_thousand_activations_pace_themselves_through_tight_limits(local_st
             stats = backend.get_backend().client.stats
     assert report.activations == 5_001 and report.max_attempts == 1, report.summary()
     print(f"429s provoked: {stats.throttled} over {stats.requests} requests")
+
+
+def test_a_backend_closed_under_a_running_job_fails_clearly(local_store_root):
+    """Another thread closes the backend (as a restart of the embedded server does): the job
+    fails with a clear error at once, instead of waiting forever for results."""
+    import threading
+
+    from dask_whisk import backend
+
+    backend.get_backend()
+    nap = dask.delayed(lambda i: time.sleep(3) or i, pure=False)
+    closer = threading.Timer(1.0, lambda: backend.get_backend().close())
+    closer.start()
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="backend of this job was closed"):
+        dask.delayed(sum)([nap(i) for i in range(4)]).compute(scheduler=whisk_get)
+    assert time.monotonic() - started < 10
+    closer.join()
+    assert dask.delayed(sum)([1, 2]).compute(scheduler=whisk_get) == 3  # a fresh backend
