@@ -12,8 +12,8 @@ import json
 import logging
 import random
 import secrets
-from concurrent.futures import Future, ThreadPoolExecutor
-from collections.abc import Hashable, Iterable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import dask.config
@@ -277,11 +277,49 @@ class Job:
             logger.warning("Could not delete %d released objects of job %s (%s: %s); they are "
                            "removed when the job ends", len(names), self.id, type(exc).__name__, exc)
 
+    def _frame(self, source: Key) -> Any:
+        ref = self.refs[source]
+        return protocol.unb64(ref["inline"]) if "inline" in ref else self.store.get(ref["stored"])
+
+    def result_bytes(self, keys: Iterable[Key]) -> int:
+        """Bytes of the frames the client would fetch for ``keys`` (known before fetching)."""
+        sources = {self.plan.source(k) for k in keys} - set(self.plan.data)
+        return sum(protocol.ref_nbytes(self.refs[s]) for s in sources)
+
+    def iter_values(self, keys: Iterable[Key], window: int = 8) -> Iterator[tuple[Key, Any]]:
+        """``(key, value)`` for each of ``keys`` as it arrives, at most ``window`` fetched ahead,
+        so that a consumer that drops each value holds a few frames, never all of them."""
+        pending = list(keys)
+        with ThreadPoolExecutor(max_workers=window, thread_name_prefix="dask-whisk-gather") as pool:
+            futures = {}
+
+            def more() -> None:
+                while pending and len(futures) < window:
+                    key = pending.pop(0)
+                    source = self.plan.source(key)
+                    if source in self.plan.data:
+                        done: Future = Future()
+                        done.set_result(None)
+                        futures[done] = key
+                    else:
+                        futures[pool.submit(self._frame, source)] = key
+
+            more()
+            while futures:
+                finished, _ = wait(futures, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    key = futures.pop(future)
+                    source = self.plan.source(key)
+                    value = (self.plan.data[source] if source in self.plan.data
+                             else protocol.decode(future.result(), self.mac_key))
+                    del future
+                    yield key, value
+                    del value
+                more()
+
     def values(self, keys: Iterable[Key]) -> dict[Key, Any]:
         """Decode the values of ``keys``; stored ones are fetched concurrently."""
-        def frame(source: Key) -> Any:
-            ref = self.refs[source]
-            return protocol.unb64(ref["inline"]) if "inline" in ref else self.store.get(ref["stored"])
+        frame = self._frame
 
         sources = {key: self.plan.source(key) for key in keys}
         remote = sorted({s for s in sources.values() if s not in self.plan.data}, key=repr)

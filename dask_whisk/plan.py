@@ -15,7 +15,9 @@ from typing import Any
 from dask._expr import Expr
 from dask.highlevelgraph import HighLevelGraph
 
-from dask._task_spec import Alias, DataNode, GraphNode, convert_legacy_graph, cull
+import dask.array.core
+import dask.bag.core
+from dask._task_spec import Alias, DataNode, GraphNode, NestedContainer, Task, convert_legacy_graph, cull
 from dask.core import flatten
 from dask.order import order
 
@@ -55,6 +57,8 @@ class Plan:
     data: dict[Key, object]
     #: alias key -> the key it finally resolves to
     aliases: dict[Key, Key] = field(default_factory=dict)
+    #: tasks the client runs itself once the units are done (assembly of results), in order
+    local: dict[Key, GraphNode] = field(default_factory=dict)
 
     def source(self, key: Key) -> Key:
         """The key whose value ``key`` denotes (itself unless it is an alias)."""
@@ -77,7 +81,7 @@ class Plan:
         for name in self.topological():
             depth[name] = 1 + max((depth[d] for d in self.dependencies[name]), default=0)
         return {
-            "tasks": sum(len(u.keys) for u in self.units.values()),
+            "tasks": sum(len(u.keys) for u in self.units.values()) + len(self.local),
             "units": len(self.units),
             "critical_path_units": max(depth.values(), default=0),
             "literals": len(self.data),
@@ -158,6 +162,20 @@ def known_sizes(collection: Any, keys: Iterable[Key]) -> dict[Key, int]:
     return sizes
 
 
+def array_layouts(collection: Any) -> dict[str, tuple[tuple[tuple[float, ...], ...], Any]]:
+    """Layer name -> (chunks, dtype) for the array layers whose chunk sizes are all known."""
+    layouts = {}
+    for graph in _graphs(collection):
+        if isinstance(graph, HighLevelGraph):
+            for name, layer in graph.layers.items():
+                info = layer.collection_annotations or {}
+                chunks, dtype = info.get("chunks"), info.get("dtype")
+                if chunks and dtype is not None and all(
+                        not math.isnan(c) for dim in chunks for c in dim):
+                    layouts[name] = (chunks, dtype)
+    return layouts
+
+
 def annotated(collection: Any, name: str) -> dict[Key, Any]:
     """Key -> the value of annotation ``name`` (``dask.annotate(name=...)``) for the keys that
     carry it, from high-level graph layers and from expressions (delayed)."""
@@ -209,6 +227,46 @@ def _unit_tasks(group: list[Key], tasks: Mapping[Key, GraphNode], aliases: Mappi
     return nodes, sorted(external, key=repr)
 
 
+#: functions that only put together values the client receives anyway (Dask's finalize of
+#: arrays and bags, concatenation); with containers of values (``List``, ``Tuple``, ``Dict``)
+ASSEMBLY: set[Any] = {dask.array.core.finalize, dask.array.core.concatenate3, dask.bag.core.finalize,
+                      list, tuple}
+
+
+def _assembles(node: GraphNode) -> bool:
+    return isinstance(node, NestedContainer) or (isinstance(node, Task) and node.func in ASSEMBLY)
+
+
+def client_tasks(tasks: Mapping[Key, GraphNode], task_deps: Mapping[Key, set[Key]],
+                 wanted: Iterable[Key]) -> dict[Key, GraphNode]:
+    """The tasks the client runs itself, dependencies first: assembly tasks (see ``ASSEMBLY``)
+    whose every consumer is the client or another of them. Running them remotely would make one
+    activation hold the whole result (and the client fetch it again)."""
+    consumers: dict[Key, set[Key]] = {k: set() for k in tasks}
+    for key, deps in task_deps.items():
+        for dep in deps:
+            consumers[dep].add(key)
+    local: dict[Key, GraphNode] = {}
+    todo = [k for k in dict.fromkeys(wanted) if k in tasks]
+    while todo:
+        key = todo.pop()
+        if key in local or not _assembles(tasks[key]) or not consumers[key] <= set(local):
+            continue
+        local[key] = tasks[key]
+        todo.extend(task_deps[key])
+    ordered: dict[Key, GraphNode] = {}
+
+    def visit(key: Key) -> None:
+        if key in local and key not in ordered:
+            for dep in task_deps[key]:
+                visit(dep)
+            ordered[key] = local[key]
+
+    for key in local:
+        visit(key)
+    return ordered
+
+
 def build_plan(graph: Mapping, keys: Key | list, sizes: Mapping[Key, int] | None = None,
                settings: FuseSettings = FuseSettings()) -> Plan:
     """Plan the computation of ``keys`` (one key or nested lists, as Dask passes) from ``graph``.
@@ -227,6 +285,11 @@ def build_plan(graph: Mapping, keys: Key | list, sizes: Mapping[Key, int] | None
 
     task_deps = {k: {s for s in (aliases.get(d, d) for d in node.dependencies) if s in tasks}
                  for k, node in tasks.items()}
+    local = client_tasks(tasks, task_deps, (aliases.get(k, k) for k in wanted))
+    if local:
+        wanted = [*wanted, *(d for node in local.values() for d in node.dependencies)]
+        tasks = {k: node for k, node in tasks.items() if k not in local}
+        task_deps = {k: deps - set(local) for k, deps in task_deps.items() if k not in local}
     grouped = group_tasks(tasks, task_deps, priority, sizes, settings)
     groups = {f"u{index}": group for index, group in enumerate(grouped)}
     producer = {key: name for name, group in groups.items() for key in group}
@@ -248,4 +311,4 @@ def build_plan(graph: Mapping, keys: Key | list, sizes: Mapping[Key, int] | None
         dependencies[name] = {producer[s] for s in (aliases.get(k, k) for k in inputs) if s in producer}
         for dep in dependencies[name]:
             dependents[dep].add(name)
-    return Plan(units, dependencies, dependents, producer, data, aliases)
+    return Plan(units, dependencies, dependents, producer, data, aliases, local)

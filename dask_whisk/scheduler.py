@@ -23,10 +23,12 @@ from dask.callbacks import local_callbacks, unpack_callbacks
 from dask.local import nested_get
 from dask.utils import key_split
 
+from .assemble import assemble
 from .backend import get_backend
-from .job import Job
+from .callback_state import callback_state, mark
 from .fuse import FuseSettings
-from .plan import Plan, Unit, annotated, as_task_graph, build_plan, flat_keys, known_sizes
+from .job import Job
+from .plan import Plan, Unit, annotated, array_layouts, as_task_graph, build_plan, flat_keys, known_sizes
 from .report import record
 
 Key = Hashable
@@ -37,48 +39,6 @@ dask.config.update(
     dask.config.config,
     {"admin": {"traceback": {"shorten": [*dask.config.get("admin.traceback.shorten", []), r"dask_whisk[\\/]"]}}},
 )
-
-
-def _callback_state(plan: Plan) -> dict[str, Any]:
-    """The ``state`` dict Dask's callbacks read (ProgressBar counts ready/waiting/running/finished)."""
-    dependencies = {
-        key: {plan.source(d) for d in node.dependencies} - set(plan.data)
-        for unit in plan.units.values() for key in unit.keys for node in (unit.tasks[key],)
-    }
-    dependents: dict[Key, set] = {key: set() for key in dependencies}
-    for key, deps in dependencies.items():
-        for dep in deps:
-            dependents.setdefault(dep, set()).add(key)
-    return {
-        "dependencies": dependencies,
-        "dependents": dependents,
-        "waiting": {k: set(v) for k, v in dependencies.items() if v},
-        "waiting_data": {k: set(v) for k, v in dependents.items() if v},
-        # an insertion-ordered set (Dask's own schedulers keep a list; callbacks only size and scan it)
-        "ready": dict.fromkeys(k for k, v in dependencies.items() if not v),
-        "running": set(),
-        "finished": set(),
-        "released": set(),
-        "cache": {},
-    }
-
-
-def _mark(state: dict[str, Any], keys: Sequence[Key], where: str) -> None:
-    """Move ``keys`` into ``where`` ('ready', 'running' or 'finished') of the callback state."""
-    for key in keys:
-        if where == "ready":
-            state["waiting"].pop(key, None)
-            state["ready"][key] = None
-        elif where == "running":  # a fused unit's inner keys run without having been ready
-            state["waiting"].pop(key, None)
-            state["ready"].pop(key, None)
-            state["running"].add(key)
-        else:
-            state["running"].discard(key)
-            state["finished"].add(key)
-            for child in state["dependents"].get(key, ()):  # as Dask: waiting holds what is unfinished
-                if child in state["waiting"]:
-                    state["waiting"][child].discard(key)
 
 
 def fuse_settings(parallelism: int) -> FuseSettings:
@@ -117,14 +77,18 @@ def get(dsk: Mapping | Any, keys: Sequence[Key] | Key, callbacks=None, **kwargs:
         try:
             for f in start:
                 f(graph)
-            state = _callback_state(plan)
+            state = callback_state(plan)
             for f in start_state:
                 f(graph, state)
             job.prepare()
             job.report.plan_s = time.perf_counter() - started
             wanted = flat_keys(keys)
-            _run(job, graph, wanted, state, pretask, posttask, max_in_flight, parallelism)
-            results = job.values(wanted)
+            remote = [k for k in wanted if plan.source(k) not in plan.local]
+            remote += [d for node in plan.local.values() for d in node.dependencies
+                       if plan.source(d) not in plan.local]
+            _run(job, graph, remote, state, pretask, posttask, max_in_flight, parallelism)
+            results = assemble(job, wanted, remote, graph, state, pretask, posttask,
+                               array_layouts(dsk) if plan.local else {})
             failed = False
         except BaseException as exc:
             _close(job, exc)
@@ -319,7 +283,7 @@ def _run(job: Job, graph: Mapping, wanted: list[Key], state: dict[str, Any], pre
                 while ready and len(batch) < size and batcher.batchable(plan.units[ready[0][1]]):
                     batch.append(plan.units[heapq.heappop(ready)[1]])
                 for unit in batch:
-                    _mark(state, unit.keys, "running")
+                    mark(state, unit.keys, "running")
                     for key in unit.keys:
                         for f in pretask:
                             f(key, graph, state)
@@ -380,11 +344,11 @@ def _finish(job: Job, batch: list[Unit], activation_id: str, graph: Mapping, sta
     released = []
     for unit in batch:
         batcher.finished(unit)
-        _mark(state, unit.keys, "finished")
+        mark(state, unit.keys, "finished")
         for child in plan.dependents[unit.name]:
             waiting[child].discard(unit.name)
             if not waiting[child]:
-                _mark(state, plan.units[child].keys, "ready")
+                mark(state, plan.units[child].keys, "ready")
                 heapq.heappush(ready, (plan.units[child].priority, child))
         for key in {plan.source(k) for k in unit.inputs}:
             readers[key].discard(unit.name)
