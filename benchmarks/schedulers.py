@@ -150,6 +150,11 @@ def small_array_sum() -> Work:
     return Work(collection=da.ones((1_000, 1_000), chunks=500).sum())
 
 
+def big_result() -> Work:
+    """A 1.15 GB array handed back to the client (issue 14: bigger than any activation)."""
+    return Work(collection=da.random.RandomState(5).random((12_000, 12_000), chunks=2_000) + 1)
+
+
 ROWS: dict[str, Callable[[], Work]] = {
     "1a 10k independent + sum tree (raw graph)": independent_raw,
     "1b 10k independent + sum tree (delayed)": independent_delayed,
@@ -163,6 +168,7 @@ ROWS: dict[str, Callable[[], Work]] = {
     "7  1024-leaf delayed tree": delayed_tree,
     "8a one-task job": one_task,
     "8b 4-chunk array sum": small_array_sum,
+    "9  1.15 GB array result": big_result,
 }
 
 
