@@ -28,7 +28,7 @@ from .backend import get_backend
 from .callback_state import callback_state, mark
 from .fuse import FuseSettings
 from .job import Job
-from .plan import Plan, Unit, annotated, array_layouts, as_task_graph, build_plan, flat_keys, known_sizes
+from .plan import Unit, annotated, array_layouts, as_task_graph, build_plan, flat_keys, known_sizes
 from .report import record
 
 Key = Hashable

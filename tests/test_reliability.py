@@ -1,12 +1,10 @@
 """Jobs that finish correctly or fail clearly: hung activations, duplicate attempts, annotated
 retries, units too big for the action, bad settings, cleanup errors and Ctrl-C."""
-import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import cloudpickle
 import dask
