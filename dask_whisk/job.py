@@ -107,7 +107,7 @@ class Job:
                                                 inline_limit=protocol.INLINE_TOTAL_BYTES // 2)
             self.report.add_ref(self.specs[unit.name])
 
-    def _encode(self, value: Any, what: str) -> list:
+    def _encode(self, value: Any, what: str) -> protocol.Frame:
         try:
             return protocol.encode(value, self.mac_key)
         except Exception as exc:
@@ -116,11 +116,12 @@ class Job:
                 "Everything a task uses must be picklable with cloudpickle."
             ) from exc
 
-    def _place(self, name: str, parts: list, inline_limit: int = protocol.INLINE_VALUE_BYTES) -> dict[str, Any]:
+    def _place(self, name: str, parts: protocol.Frame,
+               inline_limit: int = protocol.INLINE_VALUE_BYTES) -> dict[str, Any]:
         size = protocol.frame_size(parts)
         if size <= inline_limit:
             return protocol.inline_ref(protocol.join(parts))
-        return protocol.stored_ref(name, self.store.put(name, parts))
+        return protocol.stored_ref(name, self.store.put(name, protocol.seal(parts, self.mac_key, name)))
 
     # --- units in an activation (event loop thread) ---------------------------------------
 
@@ -149,7 +150,8 @@ class Job:
         # too wide for one message: the entries and their grants go into a stored manifest
         name = f"m-{calls[0].unit}-a{calls[0].attempt}"
         frame = self._encode({"units": [c.to_json() for c in calls], "store": access}, "manifest")
-        nbytes = await loop.run_in_executor(None, self.store.put, name, frame)
+        nbytes = await loop.run_in_executor(None, self.store.put, name,
+                                            protocol.seal(frame, self.mac_key, name))
         manifest_access = await loop.run_in_executor(None, self.store.worker_access, [name], [])
         inv = protocol.Invocation(job=self.id, mac_key=self.mac_key, store=manifest_access,
                                   manifest=protocol.stored_ref(name, nbytes))
@@ -311,7 +313,8 @@ class Job:
                     key = futures.pop(future)
                     source = self.plan.source(key)
                     value = (self.plan.data[source] if source in self.plan.data
-                             else protocol.decode(future.result(), self.mac_key))
+                             else protocol.decode(future.result(), self.mac_key,
+                                                  protocol.ref_name(self.refs[source])))
                     del future
                     yield key, value
                     del value
@@ -325,7 +328,8 @@ class Job:
         remote = sorted({s for s in sources.values() if s not in self.plan.data}, key=repr)
         with ThreadPoolExecutor(max_workers=8, thread_name_prefix="dask-whisk-gather") as pool:
             frames = dict(zip(remote, pool.map(frame, remote), strict=True))
-        decoded = {source: protocol.decode(data, self.mac_key) for source, data in frames.items()}
+        decoded = {source: protocol.decode(data, self.mac_key, protocol.ref_name(self.refs[source]))
+                   for source, data in frames.items()}
         return {key: self.plan.data[s] if s in self.plan.data else decoded[s] for key, s in sources.items()}
 
     def close(self) -> None:

@@ -59,8 +59,20 @@ class SerializationError(TypeError):
 # --- frames -------------------------------------------------------------------------------------
 
 
-def encode(value: Any, mac_key: bytes) -> list[bytes | memoryview]:
-    """Frame ``value`` as a list of byte parts (not joined: large buffers stay zero-copy)."""
+class Frame(list):
+    """A framed value's byte parts (not joined: large buffers stay zero-copy). ``content`` is the
+    keyed digest of its contents, so :func:`seal` can bind it to a name without hashing again."""
+
+    content: bytes = b""
+
+
+def _seal_mac(mac_key: bytes, name: str, content: bytes) -> bytes:
+    return hashlib.blake2b(name.encode() + b"\0" + content, key=mac_key, digest_size=MAC_SIZE).digest()
+
+
+def encode(value: Any, mac_key: bytes, name: str = "") -> Frame:
+    """Frame ``value``, its MAC binding it to the job's key and to ``name`` (the object name it
+    is stored under; "" for a value carried inline in a message)."""
     buffers: list[memoryview] = []
     payload = cloudpickle.dumps(value, protocol=5, buffer_callback=lambda b: buffers.append(b.raw()))
     header = _COUNT.pack(len(buffers)) + _LENGTH.pack(len(payload))
@@ -68,20 +80,37 @@ def encode(value: Any, mac_key: bytes) -> list[bytes | memoryview]:
     mac = hashlib.blake2b(key=mac_key, digest_size=MAC_SIZE)
     for part in (header, payload, *buffers):
         mac.update(part)
-    return [MAGIC, mac.digest(), header, payload, *buffers]
+    frame = Frame([MAGIC, _seal_mac(mac_key, name, mac.digest()), header, payload, *buffers])
+    frame.content = mac.digest()
+    return frame
 
 
-def decode(data: bytes | bytearray | memoryview, mac_key: bytes) -> Any:
-    """Check and unpickle a frame; buffers are views into ``data`` (no copies)."""
+def seal(frame: Frame, mac_key: bytes, name: str) -> Frame:
+    """``frame`` bound to ``name`` instead (cheap: its contents are not hashed again)."""
+    sealed = Frame(frame)
+    sealed[1] = _seal_mac(mac_key, name, frame.content)
+    sealed.content = frame.content
+    return sealed
+
+
+def ref_name(ref: Mapping[str, Any]) -> str:
+    """The name a frame behind ``ref`` is bound to: its object name, or "" inline."""
+    return ref.get("stored", "")
+
+
+def decode(data: bytes | bytearray | memoryview, mac_key: bytes, name: str = "") -> Any:
+    """Check and unpickle a frame bound to ``name``; buffers are views into ``data`` (no copies)."""
     view = memoryview(data)
     if view[: len(MAGIC)] != MAGIC:
         raise TamperedObject("Not a dask-whisk object (bad magic bytes): refusing to unpickle it")
     start = len(MAGIC) + MAC_SIZE
     expected = bytes(view[len(MAGIC) : start])
-    if not hmac.compare_digest(hashlib.blake2b(view[start:], key=mac_key, digest_size=MAC_SIZE).digest(), expected):
+    content = hashlib.blake2b(view[start:], key=mac_key, digest_size=MAC_SIZE).digest()
+    if not hmac.compare_digest(_seal_mac(mac_key, name, content), expected):
         raise TamperedObject(
-            "A stored object failed its integrity check (altered, or written by another job): "
-            "refusing to unpickle it"
+            f"A stored object failed its integrity check (altered, put in the place of another "
+            f"{'object ' + repr(name) if name else 'value'}, or written by another job): refusing "
+            "to unpickle it"
         )
     (count,) = _COUNT.unpack_from(view, start)
     offset = start + _COUNT.size

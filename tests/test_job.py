@@ -179,6 +179,32 @@ def test_a_tampered_stored_spec_is_refused_as_tampered(local_store_root):
     assert not list(local_store_root.iterdir())
 
 
+def test_a_stored_object_swapped_for_another_is_refused(local_store_root):
+    """Two intact frames of the same job exchanged in the store (as anyone who can write it
+    could): each is bound to its own name, so neither decodes in the other's place."""
+    first, second = np.arange(50_000), np.arange(50_000) * 2  # specs of 400 kB: both stored
+
+    a = dask.delayed(lambda: float(first.sum()))()
+    b = dask.delayed(lambda: float(second.sum()))()
+    dask.compute(a, b, scheduler=whisk_get)  # backend up, action deployed
+    swapped = []
+
+    def pretask(key, dsk, state):  # after the job stored the specs, before the invoke
+        if not swapped:
+            x, y = job_files(local_store_root, "spec-")
+            x_bytes, y_bytes = x.read_bytes(), y.read_bytes()
+            x.write_bytes(y_bytes)
+            y.write_bytes(x_bytes)
+            swapped.append((x.name, y.name))
+
+    with dask.config.set({"whisk.fuse": False, "whisk.batch-max-units": 1}):
+        with Callback(pretask=pretask):
+            with pytest.raises(TamperedObject, match="in the place of another object"):
+                dask.compute(a, b, scheduler=whisk_get)
+    assert swapped
+    assert not list(local_store_root.iterdir())
+
+
 # --- longer than the blocking wait ------------------------------------------------------------
 
 

@@ -77,3 +77,16 @@ def test_success_result_never_has_top_level_error_key():
     assert "error" not in result
     parsed = protocol.BatchResult.from_json(result)
     assert [u.outputs for u in parsed.units] == [[{"stored": "k-1", "nbytes": 10}]] * 2
+
+
+def test_a_frame_is_bound_to_its_name():
+    frame = protocol.encode([1, 2], KEY, "o-u1-a1-0")
+    assert protocol.decode(protocol.join(frame), KEY, "o-u1-a1-0") == [1, 2]
+    for other in ("o-u1-a2-0", "o-u2-a1-0", ""):  # another attempt, another unit, inline
+        with pytest.raises(protocol.TamperedObject, match="integrity check"):
+            protocol.decode(protocol.join(frame), KEY, other)
+    resealed = protocol.seal(protocol.encode([3], KEY), KEY, "spec-u4")
+    assert protocol.decode(protocol.join(resealed), KEY, "spec-u4") == [3]
+    with pytest.raises(protocol.TamperedObject):
+        protocol.decode(protocol.join(resealed), KEY)
+

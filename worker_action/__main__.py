@@ -78,7 +78,8 @@ class _Placer:
                 to_store.append(i)
 
         def put(i: int) -> None:
-            refs[i] = protocol.stored_ref(names[i], self.store.put(names[i], frames[i]))
+            sealed = protocol.seal(frames[i], self.inv.mac_key, names[i])
+            refs[i] = protocol.stored_ref(names[i], self.store.put(names[i], sealed))
 
         list(_io_pool.map(put, to_store))
         return refs, sum(sizes)
@@ -106,7 +107,7 @@ def _calls(inv: protocol.Invocation, store: WorkerStore) -> tuple[list[protocol.
     grant reads only the manifest) when the entries did not fit OpenWhisk's payload limit."""
     if inv.manifest is None:
         return inv.units, store
-    manifest = protocol.decode(_read(inv.manifest, store), inv.mac_key)
+    manifest = protocol.decode(_read(inv.manifest, store), inv.mac_key, protocol.ref_name(inv.manifest))
     return [protocol.UnitCall.from_json(e) for e in manifest["units"]], open_worker_store(manifest["store"])
 
 
@@ -131,8 +132,9 @@ def main(args: dict[str, Any]) -> dict[str, Any]:
         spec_frame = next(frames)
         input_frames = [next(frames) for _ in call.inputs]
         try:
-            spec: protocol.UnitSpec = protocol.decode(spec_frame, inv.mac_key)
-            inputs = {key: protocol.decode(f, inv.mac_key) for key, f in zip(spec.inputs, input_frames, strict=True)}
+            spec: protocol.UnitSpec = protocol.decode(spec_frame, inv.mac_key, protocol.ref_name(call.spec))
+            inputs = {key: protocol.decode(f, inv.mac_key, protocol.ref_name(ref))
+                      for key, f, ref in zip(spec.inputs, input_frames, call.inputs, strict=True)}
         except protocol.TamperedObject as exc:
             return protocol.error_envelope(exc, call.unit, inv.mac_key)
         decoded = time.perf_counter()
