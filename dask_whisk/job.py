@@ -72,12 +72,15 @@ class Job:
     """State of one ``get`` call: created before the first invoke, destroyed after the last.
 
     ``retries``: key -> extra attempts after an exception in user code (``dask.annotate(retries=N)``);
-    platform failures get ``whisk.retries`` whatever the task."""
+    platform failures get ``whisk.retries`` whatever the task. ``sizes``: key -> output bytes
+    known before running (array chunks), for messages."""
 
-    def __init__(self, backend: Backend, plan: Plan, retries: Mapping[Key, int] | None = None):
+    def __init__(self, backend: Backend, plan: Plan, retries: Mapping[Key, int] | None = None,
+                 sizes: Mapping[Key, int] | None = None):
         self.backend = backend
         self.plan = plan
         self.retries = dict(retries or {})
+        self.sizes = dict(sizes or {})
         self.id = new_job_id()
         self.mac_key = secrets.token_bytes(32)
         self.store = open_job_store(dask.config.get("whisk.store"), self.id)
@@ -251,7 +254,11 @@ class Job:
         )
         if "memory" in str(error):
             inputs = sum(map(self._input_bytes, units))
-            message += (f" Its units read {inputs / 2**20:,.1f} MiB of inputs and task data; use smaller chunks, "
+            outputs = [self.sizes.get(k) for u in units for k in u.keys]
+            known = sum(n for n in outputs if n is not None)
+            message += (f" Its units read {inputs / 2**20:,.1f} MiB of inputs and task data and "
+                        f"make {known / 2**20:,.1f} MiB of values"
+                        f"{'' if None not in outputs else ' (where known: array chunks)'}; use smaller chunks, "
                         "or raise the action's limits with `dask-whisk deploy --memory MB --timeout MS`.")
         elif "time limit" in str(error):
             message += " Raise the action's limits with `dask-whisk deploy --memory MB --timeout MS`."

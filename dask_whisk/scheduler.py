@@ -67,9 +67,10 @@ def get(dsk: Mapping | Any, keys: Sequence[Key] | Key, callbacks=None, **kwargs:
     parallelism = min(max_in_flight, dask.config.get("whisk.parallelism") or backend.parallelism)
     # beyond twice what runs at once, activations only queue in the platform (and look slow)
     max_in_flight = min(max_in_flight, 2 * parallelism)
-    sources = (k for k, node in graph.items() if not node.dependencies)
-    plan = build_plan(graph, keys, known_sizes(dsk, sources), fuse_settings(parallelism))
-    job = Job(backend, plan, retries=annotated(dsk, "retries"))
+    sizes = known_sizes(dsk, graph)  # array chunks' bytes, from their layers' annotations
+    sources = {k: sizes[k] for k, node in graph.items() if not node.dependencies and k in sizes}
+    plan = build_plan(graph, keys, sources, fuse_settings(parallelism))
+    job = Job(backend, plan, retries=annotated(dsk, "retries"), sizes=sizes)
     with local_callbacks(callbacks) as cbs:
         start, start_state, pretask, posttask, finish = unpack_callbacks(cbs)
         state: dict[str, Any] = {}

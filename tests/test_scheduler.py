@@ -405,6 +405,9 @@ def test_an_activation_over_its_memory_fails_with_the_fix(tight_whisk, local_sto
     with pytest.raises(ActivationError, match="exhausted its memory") as info:
         hog.compute(scheduler=whisk_get)
     assert "--memory" in str(info.value)
+    chunk = da.ones(100_000_000, chunks=50_000_000)  # chunks of 381 MiB, their sizes known
+    with pytest.raises(ActivationError, match=r"make 381.5 MiB of values.*smaller chunks"):
+        (chunk + 1).compute(scheduler=whisk_get)
     assert not list(local_store_root.iterdir())
 
 
