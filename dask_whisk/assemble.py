@@ -29,7 +29,8 @@ def assemble(job: Job, wanted: list[Key], remote: list[Key], graph: Mapping, sta
     run on them here (with Dask's callbacks)."""
     plan = job.plan
     streamed = {key: _blocks(node, layouts) for key, node in plan.local.items()}
-    later = {d for key, blocks in streamed.items() if blocks for d in plan.local[key].dependencies}
+    later = ({d for key, blocks in streamed.items() if blocks for d in plan.local[key].dependencies}
+             - {d for key, blocks in streamed.items() if not blocks for d in plan.local[key].dependencies})
     _check_room(job, remote)
     values = job.values([k for k in remote if k not in later])
     for key, node in plan.local.items():
@@ -100,7 +101,7 @@ def _stream_array(job: Job, node: GraphNode, result: np.ndarray,
     layout promised (another array type), run Dask's own finalize on all of them instead."""
     for key, block in job.iter_values(list(where)):
         target = result[where[key]]
-        if type(block) is not np.ndarray or block.shape != target.shape:
+        if type(block) is not np.ndarray or block.shape != target.shape or block.dtype != result.dtype:
             del result, target, block
             return node(job.values(list(node.dependencies)))
         target[...] = block

@@ -91,3 +91,13 @@ def test_a_result_the_client_cannot_hold_is_refused_before_fetching(local_store_
         x.compute(scheduler=whisk_get)
     assert not fetched
     assert not list(local_store_root.iterdir())
+
+
+def test_blocks_that_break_their_layout_fall_back_to_dask(local_store_root):
+    """map_blocks that says float32 but makes float64: the result is what Dask's finalize
+    makes of the real blocks, not a silent cast into the layout's dtype."""
+    x = da.ones((40, 40), chunks=20).map_blocks(lambda b: b * 1.5, dtype=np.float32)
+    got = x.compute(scheduler=whisk_get)
+    want = x.compute(scheduler="sync")
+    assert got.dtype == want.dtype == np.float64
+    np.testing.assert_array_equal(got, want)
