@@ -11,7 +11,9 @@ import asyncio
 import atexit
 import contextlib
 import logging
+import secrets
 import threading
+import uuid
 from collections.abc import Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -133,7 +135,10 @@ def _embedded_whisk() -> whisk_config.WhiskConfig:
     if _embedded_server is None:
         from .server import ServerSettings, start_server_process
 
-        _embedded_server = start_server_process(ServerSettings(port=0, **EMBEDDED_LIMITS))
+        # a key of its own per start, handed to the server by environment (never on a command
+        # line other users can read): the published guest key would let any local user in
+        auth = f"{uuid.uuid4()}:{secrets.token_hex(32)}"  # OpenWhisk's shape: uuid:64 alphanumerics
+        _embedded_server = start_server_process(ServerSettings(port=0, auth=auth, **EMBEDDED_LIMITS))
         atexit.register(_embedded_server.stop)
         logger.info(
             "No OpenWhisk configured: using the embedded local OpenWhisk-compatible server at %s "

@@ -95,3 +95,27 @@ def test_some_dst_zone_is_on_daylight_saving_time_now():
                             env={**os.environ, "TZ": zone}, capture_output=True, text=True,
                             check=True).stdout.strip() for zone in DST_ZONES]
     assert "1" in flags, flags
+
+
+def test_the_store_folder_is_private_to_its_user(tmp_path):
+    """Created 0700; refused when another user owns it or may write into it."""
+    import os
+
+    import pytest
+
+    from dask_whisk.store.local import LocalJobStore
+
+    fresh = tmp_path / "fresh"
+    LocalJobStore("job-1", fresh).destroy()
+    assert fresh.stat().st_mode & 0o777 == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(PermissionError, match="chmod go-w"):
+        LocalJobStore("job-2", shared)
+    if os.getuid() == 0:  # only root can give a folder away
+        foreign = tmp_path / "foreign"
+        foreign.mkdir(mode=0o700)
+        os.chown(foreign, 4321, 4321)
+        with pytest.raises(PermissionError, match="belongs to user id 4321"):
+            LocalJobStore("job-3", foreign)

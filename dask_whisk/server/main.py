@@ -88,6 +88,10 @@ async def serve(settings: ServerSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with LocalWhisk(settings) as url:
         print(READY_PREFIX + url, flush=True)
+        if settings.auth == GUEST_AUTH:
+            print("dask-whisk server: accepting OpenWhisk's published guest key, which anyone can "
+                  f"use; it listens on {settings.host} only (pass --auth, or ${AUTH_ENV}, for a key "
+                  "of your own)", file=sys.stderr, flush=True)
         await stop.wait()
 
 

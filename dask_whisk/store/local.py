@@ -62,14 +62,32 @@ class LocalWorkerStore(WorkerStore):
         return written
 
 
+def private_root(root: Path) -> Path:
+    """``root``, created 0700 if missing; refused when another user owns it or others may write
+    into it (they could swap a job's folder and feed it their pickles)."""
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = root.stat()
+    if info.st_uid != os.getuid():
+        raise PermissionError(
+            f"The local store folder {root} belongs to user id {info.st_uid}, not to you: another "
+            "user could change your jobs' data. Set whisk.local.root (DASK_WHISK__LOCAL__ROOT) to "
+            "a folder of your own")
+    if info.st_mode & 0o022:
+        raise PermissionError(
+            f"The local store folder {root} can be written by other users (mode "
+            f"{info.st_mode & 0o777:o}): they could change your jobs' data. Run `chmod go-w {root}` "
+            "or set whisk.local.root to a private folder")
+    return root
+
+
 class LocalJobStore(LocalWorkerStore, JobStore):
     """The client's handle on a job directory under ``root``."""
 
     def __init__(self, job_id: str, root: str | os.PathLike | None = None):
         self.job_id = job_id
-        self.root = Path(root) if root else default_root()
+        self.root = private_root(Path(root) if root else default_root())
         super().__init__(self.root / job_id)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, exist_ok=True)
 
     def exists(self, name: str) -> bool:
         return self._path(name).exists()
