@@ -2,6 +2,7 @@
 an explicitly started server says when it accepts the public guest key."""
 import asyncio
 import base64
+import os
 import select
 import subprocess
 import sys
@@ -42,3 +43,39 @@ def test_an_explicit_server_says_it_accepts_the_public_guest_key():
         process.terminate()
         process.wait(10)
     assert "published guest key" in warning and "127.0.0.1" in warning
+
+
+def container_ports(server_pid: int) -> list[int]:
+    """Loopback ports the server's container processes listen on (from /proc)."""
+    children = Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()
+    inodes = set()
+    for child in children:
+        for fd in Path(f"/proc/{child}/fd").iterdir():
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+            ports.append(int(fields[1].split(":")[1], 16))
+    return ports
+
+
+def test_a_container_answers_only_its_own_server(local_store_root):
+    """A container's loopback port is open to every local user: without its server's secret,
+    /init and /run are refused (and the job still works)."""
+    assert dask.delayed(sum)([1, 2]).compute(scheduler=whisk_get) == 3  # a warm container
+    ports = container_ports(backend._embedded_server.process.pid)
+    assert ports, "no container found: the test proves nothing"
+
+    async def post(port: int, path: str) -> tuple[int, str]:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"http://127.0.0.1:{port}{path}", json={"value": {}}) as answer:
+                return answer.status, await answer.text()
+
+    for port in ports:
+        for path in ("/init", "/run"):
+            status, text = asyncio.run(post(port, path))
+            assert status == 403 and "Only the server" in text, (path, status, text)
+    assert dask.delayed(sum)([3, 4]).compute(scheduler=whisk_get) == 7

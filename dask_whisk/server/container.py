@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import secrets
 import shutil
 import socket
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import aiohttp
 
-from .runtime import SENTINEL
+from .runtime import SECRET_ENV, SECRET_HEADER, SENTINEL
 
 RUNTIME_SCRIPT = str(Path(__file__).with_name("runtime.py"))
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -95,6 +96,9 @@ class Container:
         await asyncio.get_running_loop().run_in_executor(None, tmp.mkdir, 0o700, True)
         env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
         env.update(HOME=str(self.workdir), TMPDIR=str(tmp), PYTHONDONTWRITEBYTECODE="1")
+        # only this server may talk to the container: its loopback port is open to every user
+        self.secret = secrets.token_hex(16)
+        env[SECRET_ENV] = self.secret
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             listener.bind(("127.0.0.1", 0))
@@ -170,7 +174,7 @@ class Container:
     async def _post(self, path: str, body: bytes) -> tuple[int, bytes]:
         async with self.session.post(
             f"http://127.0.0.1:{self.port}{path}", data=body,
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", SECRET_HEADER: self.secret},
         ) as response:
             return response.status, await response.read()
 

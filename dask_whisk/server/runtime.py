@@ -8,6 +8,7 @@ and stderr so the invoker can cut the streams into per-activation logs.
 from __future__ import annotations
 
 import base64
+import hmac
 import importlib.util
 import io
 import json
@@ -20,6 +21,10 @@ import zipfile
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 SENTINEL = "XXX_THE_END_OF_A_WHISK_ACTIVATION_XXX"
+#: the per-container secret the server passes by environment and sends on every request: the
+#: loopback port is open to every local user, and only the server that started us may use it
+SECRET_ENV, SECRET_HEADER = "DASK_WHISK_CONTAINER_SECRET", "X-Dask-Whisk-Container"
+_SECRET = ""
 #: the top-level /run fields that become ``__OW_<NAME>`` environment variables
 RUN_ENV_FIELDS = ("namespace", "action_name", "action_version", "activation_id",
                   "transaction_id", "deadline", "api_key")
@@ -134,6 +139,9 @@ class Handler(BaseHTTPRequestHandler):
         self._reply(status, json.dumps({"error": message}).encode("utf-8"))
 
     def do_POST(self) -> None:
+        if not hmac.compare_digest(self.headers.get(SECRET_HEADER, ""), _SECRET):
+            self._error(403, "Only the server that started this container may use it.")
+            return
         length = int(self.headers.get("Content-Length") or 0)
         try:
             message = json.loads(self.rfile.read(length) or b"{}")
@@ -171,6 +179,10 @@ class Handler(BaseHTTPRequestHandler):
 
 def serve(fd: int, parent_pid: int) -> None:
     """Serve the runtime protocol on the listening socket ``fd`` until killed."""
+    global _SECRET
+    _SECRET = os.environ.pop(SECRET_ENV, "")  # before any action code could read it
+    if not _SECRET:
+        sys.exit("runtime.py: no container secret in the environment")
     _die_with_parent(parent_pid)
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
