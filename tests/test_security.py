@@ -3,7 +3,7 @@ an explicitly started server says when it accepts the public guest key."""
 import asyncio
 import base64
 import os
-import select
+import selectors
 import subprocess
 import sys
 from pathlib import Path
@@ -37,8 +37,9 @@ def test_an_explicit_server_says_it_accepts_the_public_guest_key():
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert process.stdout.readline().startswith("dask-whisk server listening on http://127.0.0.1:")
-        said, _, _ = select.select([process.stderr], [], [], 10)
-        warning = process.stderr.readline() if said else ""
+        with selectors.DefaultSelector() as selector:  # select() cannot watch fds above 1023
+            selector.register(process.stderr, selectors.EVENT_READ)
+            warning = process.stderr.readline() if selector.select(timeout=10) else ""
     finally:
         process.terminate()
         process.wait(10)

@@ -223,3 +223,24 @@ def test_swiftclient_retries_are_bounded_and_their_delays_jittered(swift_env, mo
             proxy.failures.clear()
             store.destroy()
             store.close()
+
+
+def test_get_info_is_retried_on_5xx(swift_env, monkeypatch):
+    """swiftclient does not retry GET /info (it runs as a job's store opens): the store does."""
+    from swiftclient import ClientException, Connection
+
+    real, calls = Connection.get_capabilities, []
+
+    def unavailable_twice(self, url=None):
+        calls.append(url)
+        if len(calls) <= 2:
+            raise ClientException("injected", http_status=503)
+        return real(self, url)
+
+    monkeypatch.setattr(Connection, "get_capabilities", unavailable_twice)
+    store = open_job_store("swift", new_job_id(), **swift_env.options())
+    try:
+        assert "tempurl" in store._capabilities and len(calls) == 3
+    finally:
+        store.destroy()
+        store.close()

@@ -13,6 +13,7 @@ that use it, so an activation loading this module needs none of it.
 from __future__ import annotations
 
 import json
+import random
 import secrets
 import threading
 import time
@@ -77,7 +78,7 @@ class SwiftJobStore(JobStore):
         self._token_born: dict[str, float] = {}
         conn = self._connect_checked()
         self.storage_url = conn.url
-        self._capabilities = self._call("GET /info", "", conn.get_capabilities)
+        self._capabilities = self._capabilities_of(conn)
         self._tempurl_key: str | None = None
         self._digest = self._choose_digest()
         if create:
@@ -133,6 +134,22 @@ class SwiftJobStore(JobStore):
             raise SwiftConfigError(f"Cannot reach Swift at {where} ({type(exc).__name__}): is it "
                                    "running, and is the URL right?") from None
         return conn
+
+    def _capabilities_of(self, conn: Any, attempts: int = 6) -> dict[str, Any]:
+        """GET /info, retried on 5xx and broken connections (swiftclient does not retry it)."""
+        from swiftclient import ClientException
+
+        for attempt in range(attempts):
+            try:
+                return conn.get_capabilities()
+            except ClientException as exc:
+                if (exc.http_status or 500) < 500 or attempt == attempts - 1:
+                    return self._call("GET /info", "", conn.get_capabilities)
+            except OSError:
+                if attempt == attempts - 1:
+                    raise StoreError(f"Swift GET /info failed: cannot reach {scrub_url(conn.url)}") from None
+            time.sleep(random.uniform(0.5, 1.0) * min(2.0, 0.1 * 2 ** attempt))
+        raise AssertionError("unreachable")
 
     def _call(self, what: str, name: str, fn, *args, **kwargs):
         """Run a swiftclient call (which retries itself) and turn failures into StoreErrors."""
