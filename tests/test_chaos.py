@@ -46,6 +46,13 @@ def test_jobs_survive_every_fault_kind(swift_env, local_store_root, seed):
     faults = FaultSettings(fault_rate=0.1, kinds=FAULT_KINDS, hang_rate=0.01, seed=seed)
     jobs = {"array": array_job(seed), "bag": bag_job(seed), "delayed": delayed_job(seed)}
     expected = {name: dask.compute(job, scheduler="sync")[0] for name, job in jobs.items()}
+    conn = swiftclient.Connection(swift_env.auth_url, swift_env.user, swift_env.key)
+
+    def job_objects() -> set:
+        return {(c["name"], o["name"]) for c in conn.get_account(prefix=JOB_PREFIX)[1]
+                for o in conn.get_container(c["name"])[1]}
+
+    before = job_objects()  # a killed earlier run may have left some: only new ones count
     with fault_proxy(swift_env.auth_url, rate=0.03, seed=seed) as proxy:
         settings = {"whisk.store": "swift", "whisk.swift.auth-url": proxy.auth_url,
                     "whisk.swift.user": swift_env.user, "whisk.swift.key": swift_env.key,
@@ -70,9 +77,7 @@ def test_jobs_survive_every_fault_kind(swift_env, local_store_root, seed):
     for name, report in reports.items():
         assert report.tasks >= 2_000, (name, report.tasks)
         assert report.max_attempts <= 1 + RETRIES + 2, (name, report.summary())  # + 2 backups
-    conn = swiftclient.Connection(swift_env.auth_url, swift_env.user, swift_env.key)
-    leftovers = [(c["name"], o["name"]) for c in conn.get_account(prefix=JOB_PREFIX)[1]
-                 for o in conn.get_container(c["name"])[1]]
+    leftovers = sorted(job_objects() - before)
     assert not leftovers, f"objects left in Swift: {leftovers[:5]}"
 
 

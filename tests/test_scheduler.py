@@ -42,18 +42,21 @@ def store(request, local_store_root, monkeypatch):
         monkeypatch.setenv("WHISK_APIHOST", server.url)
         monkeypatch.setenv("WHISK_AUTH", server.auth)
     if request.param == "swift":
+        import swiftclient
+
         env = request.getfixturevalue("swift_env")
+        conn = swiftclient.Connection(env.auth_url, env.user, env.key)
+
+        def job_objects() -> set:
+            return {(c["name"], o["name"]) for c in conn.get_account(prefix=JOB_PREFIX)[1]
+                    for o in conn.get_container(c["name"])[1]}
+
+        before = job_objects()  # a killed earlier run may have left some: only new ones count
         settings = {"whisk.store": "swift", "whisk.swift.auth-url": env.auth_url,
                     "whisk.swift.user": env.user, "whisk.swift.key": env.key}
         with dask.config.set(settings):
             yield "swift"
-        import swiftclient
-
-        conn = swiftclient.Connection(env.auth_url, env.user, env.key)
-        _, containers = conn.get_account(prefix=JOB_PREFIX)
-        leftovers = []
-        for c in containers:
-            leftovers += [o["name"] for o in conn.get_container(c["name"])[1]]
+        leftovers = sorted(job_objects() - before)
         assert not leftovers, f"objects left in Swift: {leftovers[:5]}"
     else:
         with dask.config.set({"whisk.store": "local"}):
