@@ -298,34 +298,24 @@ class Job:
     def iter_values(self, keys: Iterable[Key], window: int = 8) -> Iterator[tuple[Key, Any]]:
         """``(key, value)`` for each of ``keys`` as it arrives, at most ``window`` fetched ahead,
         so that a consumer that drops each value holds a few frames, never all of them."""
-        pending = list(keys)
+        pending = []
+        for key in keys:  # values the client holds need no fetch
+            if self.plan.source(key) in self.plan.data:
+                yield key, self.plan.data[self.plan.source(key)]
+            else:
+                pending.append(key)
         with ThreadPoolExecutor(max_workers=window, thread_name_prefix="dask-whisk-gather") as pool:
-            futures = {}
-
-            def more() -> None:
+            futures: dict[Future, Key] = {}
+            while pending or futures:
                 while pending and len(futures) < window:
                     key = pending.pop(0)
-                    source = self.plan.source(key)
-                    if source in self.plan.data:
-                        done: Future = Future()
-                        done.set_result(None)
-                        futures[done] = key
-                    else:
-                        futures[pool.submit(self._frame, source)] = key
-
-            more()
-            while futures:
+                    futures[pool.submit(self._frame, self.plan.source(key))] = key
                 finished, _ = wait(futures, return_when=FIRST_COMPLETED)
                 for future in finished:
                     key = futures.pop(future)
-                    source = self.plan.source(key)
-                    value = (self.plan.data[source] if source in self.plan.data
-                             else protocol.decode(future.result(), self.mac_key,
-                                                  protocol.ref_name(self.refs[source])))
-                    del future
-                    yield key, value
-                    del value
-                more()
+                    ref = self.refs[self.plan.source(key)]
+                    yield key, protocol.decode(future.result(), self.mac_key, protocol.ref_name(ref))
+                del finished
 
     def values(self, keys: Iterable[Key]) -> dict[Key, Any]:
         """Decode the values of ``keys``; stored ones are fetched concurrently."""

@@ -132,24 +132,24 @@ def _connection_class() -> type:
 
                 return super()._retry(reset_func, call, *args, **kwargs)
 
-            @property
-            def starting_backoff(self) -> float:
-                return self._starting_backoff * random.uniform(0.5, 1.5)
-
-            @starting_backoff.setter
-            def starting_backoff(self, value: float) -> None:
-                self._starting_backoff = value
-
-            @property
-            def max_backoff(self) -> float:
-                return self._max_backoff * random.uniform(0.5, 1.5)
-
-            @max_backoff.setter
-            def max_backoff(self, value: float) -> None:
-                self._max_backoff = value
+            starting_backoff = _Jittered()
+            max_backoff = _Jittered()
 
         _CONNECTION = Connection
     return _CONNECTION
+
+
+class _Jittered:
+    """An attribute set to a number and read back as that number times 0.5-1.5 at random."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> float:
+        return getattr(obj, self.slot) * random.uniform(0.5, 1.5)
+
+    def __set__(self, obj: Any, value: float) -> None:
+        setattr(obj, self.slot, value)
 
 
 def resolve_settings(**options: Any) -> SwiftSettings:
