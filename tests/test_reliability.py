@@ -174,20 +174,21 @@ def test_ctrl_c_stops_the_job_within_five_seconds_and_cleans_up(tmp_path):
     assert not list(root.iterdir()), "Ctrl-C left job objects behind"
 
 
-def test_five_thousand_activations_pace_themselves_through_tight_limits(local_store_root):
-    """5,000 single-task activations against 4 concurrent invocations and 3,000 a minute (the
-    job could go faster): the client paces itself, and every result arrives."""
+def test_a_thousand_activations_pace_themselves_through_four_concurrent_invocations(local_store_root):
+    """1,000 single-task activations against 4 concurrent invocations (the job could go much
+    wider): the client paces itself, no invoke is refused, and every result arrives. The soak
+    through a per-minute limit as well is benchmarks/soak.py."""
     from dask_whisk import backend
 
     inc = dask.delayed(lambda v: v + 1, pure=True)
-    total = dask.delayed(sum)([inc(i) for i in range(5_000)])
+    total = dask.delayed(sum)([inc(i) for i in range(1_000)])
     with dask.config.set(UNFUSED):
-        with whisk_on(concurrent_invocations=4, invocations_per_minute=3_000):
-            assert total.compute(scheduler=whisk_get) == sum(range(1, 5_001))
+        with whisk_on(concurrent_invocations=4):
+            assert total.compute(scheduler=whisk_get) == sum(range(1, 1_001))
             report = dask_whisk.last_report()
             stats = backend.get_backend().client.stats
-    assert report.activations == 5_001 and report.max_attempts == 1, report.summary()
-    print(f"429s provoked: {stats.throttled} over {stats.requests} requests")
+    assert report.activations == 1_001 and report.max_attempts == 1, report.summary()
+    assert stats.throttled == 0, f"{stats.throttled} invokes were refused with 429"
 
 
 def test_a_backend_closed_under_a_running_job_fails_clearly(local_store_root):
