@@ -362,3 +362,69 @@ def test_activation_list_newest_first_and_filters(server_process):
         assert status == 400
 
     run_raw(server_process, scenario)
+
+
+def _raw_exchange(url: str, head: str, body: bytes = b"", timeout: float = 5.0) -> tuple[int, bytes]:
+    """Send a hand-written request (head without the blank line) over a socket; (status, body).
+    The socket's timeout makes a server that waits for a body it was never sent fail the test."""
+    import socket
+    import urllib.parse
+
+    split = urllib.parse.urlsplit(url)
+    with socket.create_connection((split.hostname, split.port), timeout=timeout) as sock:
+        sock.sendall(head.encode() + b"\r\n\r\n" + body)
+        reply = b""
+        while b"\r\n\r\n" not in reply or len(reply.split(b"\r\n\r\n", 1)[1]) < _length(reply):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    status_line, _, rest = reply.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.split(b"\r\n\r\n", 1)[1]
+
+
+def _length(reply: bytes) -> int:
+    for line in reply.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
+def test_payload_limit_is_read_from_content_length_and_bad_json_is_a_400(server_process):
+    """A declared 2 MB invoke is refused with 413 before its body is read (none is sent: a
+    server that waited for it would time the socket out), with or without credentials; a body
+    without Content-Length stops being read past 1 MiB; malformed or deeply nested JSON is a 400."""
+    import base64
+    import json
+
+    name = unique("echo")
+    run_raw(server_process, lambda ow: ow.put_action(name, ECHO, kind=KIND))
+    credentials = base64.b64encode(server_process.auth.encode()).decode()
+    target = f"POST /api/v1/namespaces/_/actions/{name}?blocking=true HTTP/1.1\r\nHost: x"
+    json_type = "Content-Type: application/json"
+    started = time.monotonic()
+    status, body = _raw_exchange(server_process.url, f"{target}\r\nAuthorization: Basic {credentials}"
+                                 f"\r\n{json_type}\r\nContent-Length: 2000000")
+    assert status == 413 and json.loads(body)["error"] == \
+        "Request larger than allowed: 2000000 > 1048576 bytes."
+    status, body = _raw_exchange(server_process.url, f"{target}\r\n{json_type}\r\nContent-Length: 2000000")
+    assert status == 401
+    assert time.monotonic() - started < 4, "the server read (or waited for) a body it should refuse"
+
+    async def scenario(ow):
+        async def chunks():
+            for _ in range(20):
+                yield b" " * 65536 + b"\n"
+        status, error, _ = await ow.request("POST", f"actions/{name}", data=chunks(),
+                                            headers={"Content-Type": "application/json"})
+        assert status == 413 and error["error"].startswith("Request larger than allowed: ")
+        for bad in (b"[" * 100_000 + b"]" * 100_000, b'{"x": ', b"\xff\xfe{}"):
+            status, error, _ = await ow.request("POST", f"actions/{name}", data=bad,
+                                                headers={"Content-Type": "application/json"})
+            assert status == 400 and error["error"].startswith("The request content was malformed"), \
+                (bad[:10], status, error)
+        status, record, _ = await ow.invoke(name, {"still": "fine"}, result=True)
+        assert status == 200 and record["args"] == {"still": "fine"}
+
+    run_raw(server_process, scenario)

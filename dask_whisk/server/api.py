@@ -138,10 +138,12 @@ async def whisk_middleware(request: web.Request, handler) -> web.StreamResponse:
 
 
 async def _json_body(request: web.Request, limit: int | None = None) -> object:
-    """The request's JSON body (None when empty); 413 over ``limit``, 415/400 when not JSON."""
-    raw = await request.read()
-    if limit is not None and len(raw) > limit:
-        raise ApiError(413, f"Request larger than allowed: {len(raw)} > {limit} bytes.")
+    """The request's JSON body (None when empty); 413 over ``limit`` (from Content-Length before
+    any byte is read, else while reading), 415 when not JSON, 400 when malformed or too deep."""
+    declared = request.content_length
+    if limit is not None and declared is not None and declared > limit:
+        raise ApiError(413, f"Request larger than allowed: {declared} > {limit} bytes.")
+    raw = await _read_at_most(request, limit) if limit is not None else await request.read()
     if not raw.strip():
         return None
     if request.content_type != JSON_TYPE:
@@ -150,6 +152,19 @@ async def _json_body(request: web.Request, limit: int | None = None) -> object:
         return json.loads(raw)
     except ValueError as exc:
         raise ApiError(400, f"The request content was malformed:\n{exc}") from None
+    except RecursionError:
+        raise ApiError(400, "The request content was malformed:\nJSON nested too deeply") from None
+
+
+async def _read_at_most(request: web.Request, limit: int) -> bytes:
+    """The body of a request without (or with a false) Content-Length, stopping past ``limit``."""
+    chunks, size = [], 0
+    while chunk := await request.content.read(64 * 1024):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"Request larger than allowed: {size} > {limit} bytes.")
+    return b"".join(chunks)
 
 
 def _int_query(request: web.Request, name: str, default: int | None, collection: str) -> int | None:
