@@ -143,9 +143,10 @@ class Job:
     async def _invocation(self, calls: list[protocol.UnitCall]) -> tuple[dict[str, Any], list[str]]:
         """The invoke body for ``calls``, and the manifest it needs stored, if any (to delete)."""
         loop = asyncio.get_running_loop()
-        reads = [r["stored"] for c in calls for r in (c.spec, *c.inputs) if "stored" in r]
-        writes = [name for c in calls for name in c.outputs]
-        access = await loop.run_in_executor(None, self.store.worker_access, reads, writes)
+        # reads: anything of the job's (values are MAC-checked on read); writes: only the names
+        # of these attempts. One grant each, however many inputs and outputs the units have.
+        writes = [protocol.output_prefix(c.unit, c.attempt) for c in calls]
+        access = await loop.run_in_executor(None, self.store.worker_access, [""], writes)
         inv = protocol.Invocation(job=self.id, mac_key=self.mac_key, store=access, units=calls)
         body = inv.to_json()
         if len(json.dumps(body, separators=(",", ":"))) <= protocol.PAYLOAD_BUDGET_BYTES:

@@ -185,10 +185,15 @@ class UnitCall:
         return cls(entry["unit"], entry["attempt"], entry["spec"], entry["inputs"], entry["outputs"])
 
 
+def output_prefix(unit: str, attempt: int) -> str:
+    """The prefix of every output name of one attempt of ``unit``: what the attempt may write."""
+    return f"o-{unit}-a{attempt}-"
+
+
 def output_name(unit: str, attempt: int, index: int) -> str:
     """The store name of output ``index`` of one attempt of ``unit``: no two attempts share one,
     so a late or duplicate attempt can never overwrite what a reader already took."""
-    return f"o-{unit}-a{attempt}-{index}"
+    return f"{output_prefix(unit, attempt)}{index}"
 
 
 @dataclass

@@ -39,7 +39,7 @@ def test_client_renews_an_expired_token(short_token_swift):
 
 
 def test_workers_are_never_handed_an_expired_job_token(short_token_swift):
-    with swift_job(**short_token_swift.options(tempurl="off")) as s:
+    with swift_job(**short_token_swift.options(worker_auth="token")) as s:
         s.put("in", [b"x"])
         first = s.worker_access(["in"], [])["token"]
         wait_for_expiry()
@@ -52,7 +52,7 @@ def test_workers_are_never_handed_an_expired_job_token(short_token_swift):
 
 
 def test_an_old_job_token_is_replaced_before_it_expires(short_token_swift):
-    with swift_job(**short_token_swift.options(tempurl="off", token_refresh=0.5)) as s:
+    with swift_job(**short_token_swift.options(worker_auth="token", token_refresh=0.5)) as s:
         first = s.worker_access([], [])["token"]
         assert s.worker_access([], [])["token"] == first  # young: kept
         time.sleep(0.7)
@@ -90,7 +90,7 @@ def test_a_job_outlives_several_tokens_in_token_mode(job_token_swift):
     env = job_token_swift
     settings = {"whisk.store": "swift", "whisk.swift.auth-url": env.auth_url,
                 "whisk.swift.user": env.user, "whisk.swift.key": env.key,
-                "whisk.swift.tempurl": "off", "whisk.swift.token-refresh": 0.5,
+                "whisk.swift.worker-auth": "token", "whisk.swift.token-refresh": 0.5,
                 "whisk.fuse": False}  # one activation per step, each handed the token of its time
     started = time.monotonic()
     with dask.config.set(settings):

@@ -49,7 +49,7 @@ def test_v3_settings_from_the_environment(os_environ):
 
 
 def test_workers_get_a_project_token_when_tempurls_are_off(os_environ):
-    with swift_job(tempurl="off") as s:
+    with swift_job(worker_auth="token") as s:
         s.put("in", [b"x" * 10])
         access = s.worker_access(["in"], ["out"])
         assert access["mode"] == "token" and os_environ.password not in json.dumps(access)

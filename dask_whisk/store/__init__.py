@@ -66,7 +66,9 @@ class JobStore(WorkerStore):
 
     @abc.abstractmethod
     def worker_access(self, read: Iterable[str], write: Iterable[str]) -> dict[str, Any]:
-        """A JSON-able descriptor granting an activation only these reads and writes.
+        """A JSON-able descriptor granting an activation reads of the objects whose names start
+        with a prefix in ``read`` and writes of those starting with one in ``write`` (a name is
+        its own prefix), and nothing else.
 
         It must carry no long-lived credential: a directory path, signed URLs, or a job token.
         """

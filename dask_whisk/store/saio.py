@@ -197,7 +197,8 @@ def _keystone_filters(keystone: KeystoneAuth) -> str:
 
 
 def _write_configs(etc: Path, srv: Path, ports: dict[str, int], hash_suffix: str,
-                   fernet_key: str, token_life: int, keystone: KeystoneAuth | None) -> None:
+                   fernet_key: str, token_life: int, keystone: KeystoneAuth | None,
+                   tempurl: bool = True) -> None:
     user = getpass.getuser()
     (etc / "swift.conf").write_text(
         "[swift-hash]\n"
@@ -220,6 +221,8 @@ def _write_configs(etc: Path, srv: Path, ports: dict[str, int], hash_suffix: str
     pipeline = PROXY_PIPELINE
     if keystone:
         pipeline = pipeline.replace(" tempauth ", " authtoken keystoneauth ")
+    if not tempurl:
+        pipeline = pipeline.replace(" tempurl ", " ")
     (etc / "proxy-server.conf").write_text(
         f"{common}bind_port = {ports['proxy']}\n\n"
         f"[pipeline:main]\npipeline = {pipeline}\n\n"
@@ -342,12 +345,13 @@ def status(directory: str | os.PathLike | None = None) -> SaioInfo | None:
 
 def start(directory: str | os.PathLike | None = None, port: int | None = None,
           timeout: float = 60.0, token_life: int = DEFAULT_TOKEN_LIFE,
-          keystone: KeystoneAuth | None = None) -> SaioInfo:
+          keystone: KeystoneAuth | None = None, tempurl: bool = True) -> SaioInfo:
     """Start Swift in ``directory`` (created if needed) or return the instance already running.
 
     ``token_life`` is how many seconds a tempauth token stays valid (short ones test renewal).
     With ``keystone`` the proxy authenticates against that Keystone instead of tempauth (the
-    returned v1 credentials then do not apply, and no account TempURL key is set).
+    returned v1 credentials then do not apply, and no account TempURL key is set). Without
+    ``tempurl`` the proxy has no tempurl middleware and the account no key, as some clouds run.
     """
     if token_life < 1:
         raise SaioError(f"token life must be at least 1 second, got {token_life}")
@@ -372,7 +376,7 @@ def start(directory: str | os.PathLike | None = None, port: int | None = None,
     hash_suffix = previous.get("hash_suffix") or secrets.token_hex(8)
     _write_configs(etc, srv, ports, hash_suffix,
                    base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(), token_life,
-                   keystone)
+                   keystone, tempurl)
     _build_rings(etc, ports)
     pids: dict[str, int] = {}
     state = {"ports": ports, "pids": pids, "hash_suffix": hash_suffix}
@@ -390,7 +394,7 @@ def start(directory: str | os.PathLike | None = None, port: int | None = None,
             (directory / STATE_FILE).write_text(json.dumps(state))
         _wait_healthy(directory, state, timeout)
         info = _info(directory, state)
-        if keystone is None:
+        if keystone is None and tempurl:
             _ensure_tempurl_key(info)
     except BaseException:
         stop(directory)

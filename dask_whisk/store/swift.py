@@ -26,6 +26,12 @@ from .swift_settings import SwiftConfigError, SwiftSettings, resolve_settings, s
 from .swift_worker import (MANIFEST_TYPE, SEGMENTS_DIR, SwiftWorkerStore, byte_slices, byte_views,
                            check_name, parse_manifest)
 
+#: how a user accepts handing activations the job's token (read, write, delete: the whole account)
+TOKEN_OPT_IN = "whisk.swift.worker-auth: token"
+#: what to do when no TempURL key is available
+SET_A_KEY = ("set one with `swift post -m Temp-URL-Key:<secret>` (X-Account-Meta-Temp-URL-Key), "
+             "or whisk.swift.tempurl: container to let dask-whisk set a key on the container, or "
+             f"{TOKEN_OPT_IN} to hand activations your token instead")
 #: objects per bulk-delete request (Swift's default maximum is 10,000)
 BULK_DELETE_BATCH = 1000
 
@@ -84,7 +90,12 @@ class SwiftJobStore(JobStore):
         if create:
             if self.own_container:
                 self._call("PUT container", "", conn.put_container, self.container)
-            self._tempurl_key = self._choose_tempurl_key(conn)
+            try:
+                self._tempurl_key = self._choose_tempurl_key(conn)
+            except SwiftConfigError:
+                if self.own_container:  # refused before any activation: leave nothing behind
+                    self._call("DELETE container", "", conn.delete_container, self.container)
+                raise
 
     # connections and errors -----------------------------------------------------------------------
 
@@ -185,34 +196,37 @@ class SwiftJobStore(JobStore):
     # TempURLs -------------------------------------------------------------------------------------
 
     def _choose_tempurl_key(self, conn) -> str | None:
-        """The key that signs worker URLs, or None to grant the job token instead."""
-        mode = self.settings.tempurl
-        if mode == "off":
+        """The key that signs worker URLs, or None when the user asked for the job token.
+
+        Never falls back to the token on its own: that would hand every activation read, write
+        and delete on the whole account, so a Swift without TempURLs refuses the job instead.
+        """
+        if self.settings.worker_auth == "token":
             return None
+        mode = self.settings.tempurl
         if "tempurl" not in self._capabilities:
-            if mode == "auto":
-                return None
-            raise SwiftConfigError("This Swift has no tempurl middleware: set whisk.swift.tempurl "
-                                   "to 'off' (workers then get the job token)")
+            raise SwiftConfigError(
+                "This Swift has no tempurl middleware, so activations could only be handed your "
+                f"token: add tempurl to the proxy pipeline, or set {TOKEN_OPT_IN} to accept that")
         if mode in ("auto", "account"):
             account = self._call("HEAD account", "", conn.head_account)
             key = account.get("x-account-meta-temp-url-key") or \
                 account.get("x-account-meta-temp-url-key-2")
-            if key or mode == "account":
-                if not key:
-                    raise SwiftConfigError("The Swift account has no TempURL key: set "
-                                           "X-Account-Meta-Temp-URL-Key, or whisk.swift.tempurl "
-                                           "to 'container' or 'off'")
+            if key:
                 return key
-            if not self.own_container:
-                return None
+            if mode == "account":
+                raise SwiftConfigError(f"The Swift account has no TempURL key: {SET_A_KEY}")
         container = self._call("HEAD container", self.container, conn.head_container,
                                self.container)
         key = container.get("x-container-meta-temp-url-key")
-        if not key:
-            key = secrets.token_urlsafe(32)
-            self._call("POST container", self.container, conn.post_container, self.container,
-                       {"X-Container-Meta-Temp-URL-Key": key})
+        if key:
+            return key
+        if mode == "auto" and not self.own_container:  # the user's container: not ours to change
+            raise SwiftConfigError(f"Neither the Swift account nor the shared container "
+                                   f"{self.container!r} has a TempURL key: {SET_A_KEY}")
+        key = secrets.token_urlsafe(32)
+        self._call("POST container", self.container, conn.post_container, self.container,
+                   {"X-Container-Meta-Temp-URL-Key": key})
         return key
 
     def _choose_digest(self) -> str:
@@ -244,16 +258,19 @@ class SwiftJobStore(JobStore):
                              f"({self.settings.max_job_duration:.0f} s): raise it")
         return expires
 
-    def _sign(self, method: str, obj: str, expires: int, prefix: bool = False) -> str:
+    def _sign(self, method: str, prefix: str, expires: int) -> str:
+        """A prefix-based TempURL signature: ``method`` on every object whose name starts so."""
         from swiftclient.utils import generate_temp_url
 
         account_path = urllib.parse.urlsplit(self.storage_url).path.rstrip("/")
-        url = generate_temp_url(f"{account_path}/{self.container}/{obj}", expires,
-                                self._tempurl_key, method, absolute=True, prefix=prefix,
+        url = generate_temp_url(f"{account_path}/{self.container}/{prefix}", expires,
+                                self._tempurl_key, method, absolute=True, prefix=True,
                                 digest=self._digest)
         return urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["temp_url_sig"][0]
 
     def worker_access(self, read: Iterable[str], write: Iterable[str]) -> dict[str, Any]:
+        """Grants by name prefix: one prefix-based TempURL signature per prefix and method (plus
+        one for the prefix's segments), so a grant's size does not grow with a unit's width."""
         access: dict[str, Any] = {
             "kind": "swift",
             "url": f"{self.storage_url.rstrip('/')}/{urllib.parse.quote(self.container)}/"
@@ -268,11 +285,11 @@ class SwiftJobStore(JobStore):
             return {**access, "mode": "token", "token": self._fresh_token()}
         expires = self._expires()
         get, put = {}, {}
-        for grants, method, names in ((get, "GET", read), (put, "PUT", write)):
-            for name in names:
-                grants[name] = self._sign(method, self._object(name), expires)
-                grants[SEGMENTS_DIR + name] = self._sign(method, self._segments(name), expires,
-                                                         prefix=True)
+        for grants, method, prefixes in ((get, "GET", read), (put, "PUT", write)):
+            for prefix in prefixes:
+                grants[prefix] = self._sign(method, self.namespace + prefix, expires)
+                grants[SEGMENTS_DIR + prefix] = self._sign(
+                    method, f"{self.namespace}{SEGMENTS_DIR}{prefix}", expires)
         return {**access, "mode": "tempurl", "expires": expires, "get": get, "put": put}
 
     # data -----------------------------------------------------------------------------------------

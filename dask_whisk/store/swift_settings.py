@@ -16,7 +16,10 @@ from . import StoreError
 
 #: Swift refuses single objects above 5 GiB
 MAX_OBJECT_SIZE = 5 * 1024**3
-TEMPURL_MODES = ("auto", "account", "container", "off")
+#: where the key that signs activations' TempURLs comes from
+TEMPURL_MODES = ("auto", "account", "container")
+#: what activations are handed: signed TempURLs, or (only when asked for) the job's token
+WORKER_AUTH_MODES = ("tempurl", "token")
 
 #: dask config key under ``whisk.swift`` -> (environment variables, in order, that may set it)
 _SOURCES: dict[str, tuple[str, ...]] = {
@@ -38,6 +41,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "max-job-duration": (),
     "token-refresh": (),
     "tempurl": (),
+    "worker-auth": (),
 }
 _DEFAULTS: dict[str, Any] = {
     "segment-size": 1024**3,
@@ -47,6 +51,7 @@ _DEFAULTS: dict[str, Any] = {
     "max-job-duration": 6 * 3600,
     "token-refresh": 900,
     "tempurl": "auto",
+    "worker-auth": "tempurl",
 }
 
 
@@ -74,6 +79,8 @@ class SwiftSettings:
     #: seconds after which a job token is replaced before handing it to an activation
     token_refresh: float = _DEFAULTS["token-refresh"]
     tempurl: str = _DEFAULTS["tempurl"]
+    #: 'token' hands activations the job's token (the whole account): never chosen silently
+    worker_auth: str = _DEFAULTS["worker-auth"]
 
     def connection(self):
         """A new python-swiftclient Connection with these settings (one per thread)."""
@@ -242,9 +249,15 @@ def _validate(raw: dict[str, Any]) -> SwiftSettings:
     if retries < 0 or backoff < 0 or timeout <= 0 or max_job <= 0 or token_refresh <= 0:
         raise SwiftConfigError("whisk.swift.retries and backoff must be >= 0, timeout, "
                                "max-job-duration and token-refresh > 0")
+    if raw["tempurl"] == "off":
+        raise SwiftConfigError("whisk.swift.tempurl: off is now whisk.swift.worker-auth: token "
+                               "(activations then get the job's token: the whole account)")
     if raw["tempurl"] not in TEMPURL_MODES:
         raise SwiftConfigError(f"whisk.swift.tempurl must be one of {TEMPURL_MODES}, "
                                f"got {raw['tempurl']!r}")
+    if raw["worker-auth"] not in WORKER_AUTH_MODES:
+        raise SwiftConfigError(f"whisk.swift.worker-auth must be one of {WORKER_AUTH_MODES}, "
+                               f"got {raw['worker-auth']!r}")
     container = raw["container"]
     if container is not None and (not container or "/" in container):
         raise SwiftConfigError(f"whisk.swift.container must be a container name without '/', "
@@ -254,6 +267,7 @@ def _validate(raw: dict[str, Any]) -> SwiftSettings:
         os_options=os_options, storage_url=storage_url, token=token, container=container,
         segment_size=segment_size, retries=retries, backoff=backoff, timeout=timeout,
         max_job_duration=max_job, token_refresh=token_refresh, tempurl=raw["tempurl"],
+        worker_auth=raw["worker-auth"],
     )
 
 

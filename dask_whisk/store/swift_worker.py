@@ -1,7 +1,8 @@
 """The activation side of the Swift store: standard library only, no credentials.
 
-An activation reads and writes through signed TempURLs (one signature per object and method,
-expiring with the job) or, when the account offers no TempURL key, the job's current token.
+An activation reads and writes through prefix-based TempURLs (one signature per granted name
+prefix and method, expiring with the job) or, only when the user opted in with
+``whisk.swift.worker-auth: token``, the job's current token.
 TempURLs cannot create SLO manifests (the tempurl middleware drops ``multipart-manifest`` and
 refuses manifest headers), so an activation writes an output above the segment size as segments
 under a per-object prefix (granted by a prefix-scoped TempURL) plus a small JSON manifest object
@@ -87,14 +88,16 @@ class SwiftWorkerStore(WorkerStore):
         if self._access["mode"] == "token":
             return path, {"X-Auth-Token": self._access["token"]}
         grants = self._access["get" if method == "GET" else "put"]
-        key = name if segment is None else SEGMENTS_DIR + name
-        sig = grants.get(key)
-        if sig is None:
+        prefix = _granted_prefix(grants, name)
+        if prefix is None:
             verb = "read" if method == "GET" else "write"
             raise StoreError(f"This activation was not granted {verb} access to {name!r}")
-        query = {"temp_url_sig": sig, "temp_url_expires": self._access["expires"]}
-        if segment is not None:
-            query["temp_url_prefix"] = self._segment_prefix(name)
+        if segment is None:
+            sig, signed = grants[prefix], self._namespace + prefix
+        else:
+            sig, signed = grants[SEGMENTS_DIR + prefix], f"{self._namespace}{SEGMENTS_DIR}{prefix}"
+        query = {"temp_url_sig": sig, "temp_url_expires": self._access["expires"],
+                 "temp_url_prefix": signed}
         return f"{path}?{urllib.parse.urlencode(query)}", {}
 
     def _container_path(self) -> str:
@@ -210,6 +213,14 @@ class SwiftWorkerStore(WorkerStore):
                                      content_type=MANIFEST_TYPE)
         self._check(status, name, "PUT")
         return total
+
+
+def _granted_prefix(grants: dict[str, str], name: str) -> str | None:
+    """The longest prefix of ``name`` holding a grant (one lookup per prefix length)."""
+    for end in range(len(name), -1, -1):
+        if name[:end] in grants and SEGMENTS_DIR + name[:end] in grants:
+            return name[:end]
+    return None
 
 
 def _read_body(resp: http.client.HTTPResponse) -> Buffer:
