@@ -175,6 +175,7 @@ class Job:
             calls = self._calls(units)
             params, manifest = await self._invocation(calls)
             written = [name for c in calls for name in c.outputs]
+            written.append(protocol.result_name(calls[0].unit, calls[0].attempt))
             record: dict[str, Any] | None = None
             try:
                 record = await self.backend.client.run(self.backend.action, params)
@@ -186,7 +187,7 @@ class Job:
                 response = record.get("response", {})
                 result = response.get("result") or {}
                 if response.get("status") == "success":
-                    batch = protocol.BatchResult.from_json(result)
+                    batch = protocol.BatchResult.from_json(await self._read_back(result))
                     if all(u.name in self.done for u in units):
                         await self._forget(written)  # a backup copy won: its outputs are the ones read
                     else:
@@ -212,6 +213,16 @@ class Job:
             self.report.retries += 1
             await asyncio.sleep(random.uniform(0.5, 1.0) * min(RETRY_BACKOFF_MAX, RETRY_BACKOFF * 2 ** attempt))
         raise AssertionError("unreachable")
+
+    async def _read_back(self, result: dict[str, Any]) -> dict[str, Any]:
+        """The result envelope itself, read from the store (and deleted) if it was stored."""
+        if "stored_result" not in result:
+            return result
+        name = result["stored_result"]["stored"]
+        loop = asyncio.get_running_loop()
+        frame = await loop.run_in_executor(None, self.store.get, name)
+        await self._forget([name])
+        return protocol.decode(frame, self.mac_key, name)
 
     def _input_bytes(self, unit: Unit) -> int:
         """Bytes a unit reads: its spec (values embedded in tasks included) and its inputs."""

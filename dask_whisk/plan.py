@@ -178,7 +178,13 @@ def array_layouts(collection: Any) -> dict[str, tuple[tuple[tuple[float, ...], .
 
 def annotated(collection: Any, name: str) -> dict[Key, Any]:
     """Key -> the value of annotation ``name`` (``dask.annotate(name=...)``) for the keys that
-    carry it, from high-level graph layers and from expressions (delayed)."""
+    carry it, from high-level graph layers and from expressions (delayed).
+
+    Only the outermost expression is asked for its annotations (from the optimised graph Dask
+    already made for the scheduler); asking each inner one would optimise it again, which for
+    thousands of delayed values took longer than the job. Inner high-level graphs are read
+    directly: blockwise fusion can drop annotations from the optimised graph.
+    """
     found: dict[Key, Any] = {}
     for graph in _graphs(collection):
         if isinstance(graph, HighLevelGraph):
@@ -186,7 +192,7 @@ def annotated(collection: Any, name: str) -> dict[Key, Any]:
                 if layer.annotations and name in layer.annotations:
                     value = layer.annotations[name]
                     found.update((key, value(key) if callable(value) else value) for key in layer.keys())
-        else:
+        elif graph is collection:
             found.update(graph.__dask_annotations__().get(name, {}))
     return found
 

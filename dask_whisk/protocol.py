@@ -13,7 +13,7 @@ and one entry per unit (several independent units may share an activation): the 
 frame (its tasks), one input descriptor per input key, and the store names for its outputs,
 unique to the attempt. Entries too large for OpenWhisk's payload limit travel as a stored
 *manifest*. The activation answers with a *result envelope* (per unit, one output descriptor per
-output, plus stats) or, when user code raised, an ``{"error": ...}`` envelope the client turns
+output, plus stats; stored, and answered with its descriptor, when too large for a result) or, when user code raised, an ``{"error": ...}`` envelope the client turns
 back into the original exception. This module imports nothing heavier than cloudpickle.
 """
 from __future__ import annotations
@@ -190,6 +190,12 @@ def output_prefix(unit: str, attempt: int) -> str:
     return f"o-{unit}-a{attempt}-"
 
 
+def result_name(unit: str, attempt: int) -> str:
+    """Where an attempt whose first unit is ``unit`` stores a result envelope too large for
+    OpenWhisk's result limit (inside the attempt's write prefix; no output index looks so)."""
+    return f"{output_prefix(unit, attempt)}result"
+
+
 def output_name(unit: str, attempt: int, index: int) -> str:
     """The store name of output ``index`` of one attempt of ``unit``: no two attempts share one,
     so a late or duplicate attempt can never overwrite what a reader already took."""
@@ -279,9 +285,15 @@ class BatchResult:
         return {"dask_whisk": PROTOCOL_VERSION, "stats": self.stats,
                 "units": [{"outputs": u.outputs, "stats": u.stats} for u in self.units]}
 
+    @staticmethod
+    def stored(ref: dict[str, Any]) -> dict[str, Any]:
+        """The activation result standing for an envelope too large to answer with: its frame
+        is in the store at ``ref`` (see :func:`result_name`), for the client to read."""
+        return {"dask_whisk": PROTOCOL_VERSION, "stored_result": ref}
+
     @classmethod
     def from_json(cls, result: Mapping[str, Any]) -> BatchResult:
-        """Parse an activation's successful result."""
+        """Parse an activation's successful result (a stored one already read back)."""
         if result.get("dask_whisk") != PROTOCOL_VERSION or "units" not in result:
             raise ValueError(f"Not a dask-whisk result envelope: {sorted(result)}")
         return cls([UnitResult(u["outputs"], u.get("stats", {})) for u in result["units"]],

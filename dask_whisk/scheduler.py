@@ -264,7 +264,7 @@ def _run(job: Job, graph: Mapping, wanted: list[Key], state: dict[str, Any], pre
     slots = Slots(parallelism)
     done: queue.Queue[tuple[int, Future]] = queue.Queue()
     flights: dict[int, _Flight] = {}
-    in_flight = 0
+    in_flight = units_in_flight = 0
     ids = itertools.count()
 
     def launch(fid: int) -> None:
@@ -280,7 +280,9 @@ def _run(job: Job, graph: Mapping, wanted: list[Key], state: dict[str, Any], pre
             while ready and in_flight < max_in_flight:
                 first = plan.units[heapq.heappop(ready)[1]]
                 batch = [first]
-                size = batcher.size(first, len(ready) + 1)
+                # share out all the work at hand, in flight included: sized by what is ready
+                # alone, each slot freed one at a time would take half of what is left
+                size = batcher.size(first, len(ready) + 1 + units_in_flight)
                 while ready and len(batch) < size and batcher.batchable(plan.units[ready[0][1]]):
                     batch.append(plan.units[heapq.heappop(ready)[1]])
                 for unit in batch:
@@ -290,6 +292,7 @@ def _run(job: Job, graph: Mapping, wanted: list[Key], state: dict[str, Any], pre
                             f(key, graph, state)
                 fid = next(ids)
                 flights[fid] = _Flight(batch)
+                units_in_flight += len(batch)
                 stragglers.launching()
                 launch(fid)
             try:
@@ -320,6 +323,7 @@ def _run(job: Job, graph: Mapping, wanted: list[Key], state: dict[str, Any], pre
                 continue  # another copy is still running: its outcome decides
             ran = future.result()  # raises the batch's failure
             del flights[fid]
+            units_in_flight -= len(flight.batch)
             for loser in flight.futures:
                 loser.cancel()
             now = time.monotonic()
