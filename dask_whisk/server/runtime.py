@@ -4,6 +4,10 @@ Started by ``container.py`` as ``python runtime.py FD`` with an already listenin
 on file descriptor FD. Stdlib only and Python 3.8+ syntax, because it runs under whichever
 interpreter serves the action's kind. After each activation it writes ``SENTINEL`` on stdout
 and stderr so the invoker can cut the streams into per-activation logs.
+
+Connections are served on threads, so another local user holding one open cannot stall the
+server's own; the action's code runs on the main thread, one /init or /run at a time, as under
+OpenWhisk's launcher (signal handlers work there).
 """
 from __future__ import annotations
 
@@ -13,12 +17,14 @@ import importlib.util
 import io
 import json
 import os
+import queue
 import signal
 import socket
 import sys
+import threading
 import traceback
 import zipfile
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 SENTINEL = "XXX_THE_END_OF_A_WHISK_ACTIVATION_XXX"
 #: the per-container secret the server passes by environment and sends on every request: the
@@ -156,25 +162,43 @@ class Handler(BaseHTTPRequestHandler):
             self._error(404, "Unknown path %s" % self.path)
 
     def _init(self, value: dict) -> None:
+        status, body = _on_main_thread(self._do_init, value)
+        self._reply(status, body)
+
+    def _do_init(self, value: dict) -> tuple[int, bytes]:
         if self.action.main is not None:
-            self._error(403, "Cannot initialize the action more than once.")
-            return
+            return 403, b'{"error": "Cannot initialize the action more than once."}'
         try:
             self.action.init(value)
         except BaseException as exc:  # any failure of user code at import time
             traceback.print_exc()
             _end_of_activation()
-            self._error(502, "Cannot start action: %s" % exc)
-            return
-        self._reply(200, b'{"ok": true}')
+            return 502, json.dumps({"error": "Cannot start action: %s" % exc}).encode("utf-8")
+        return 200, b'{"ok": true}'
 
     def _run(self, message: dict) -> None:
+        status, body = _on_main_thread(self._do_run, message)
+        self._reply(status, body)
+
+    def _do_run(self, message: dict) -> tuple[int, bytes]:
         if self.action.main is None:
-            self._error(403, "Cannot run the action: it was not initialized.")
-            return
+            return 403, b'{"error": "Cannot run the action: it was not initialized."}'
         body = self.action.run(message)
         _end_of_activation()
-        self._reply(200, body)
+        return 200, body
+
+
+#: work for the main thread: (function, argument, slot for the answer, event set when done)
+_work: queue.Queue = queue.Queue()
+
+
+def _on_main_thread(function, argument):
+    """Run ``function(argument)`` on the main thread (after any earlier request) and return it."""
+    answer: list = []
+    done = threading.Event()
+    _work.put((function, argument, answer, done))
+    done.wait()
+    return answer[0]
 
 
 def serve(fd: int, parent_pid: int) -> None:
@@ -187,10 +211,15 @@ def serve(fd: int, parent_pid: int) -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
     listener = socket.socket(fileno=fd)
-    server = HTTPServer(listener.getsockname(), Handler, bind_and_activate=False)
+    server = ThreadingHTTPServer(listener.getsockname(), Handler, bind_and_activate=False)
+    server.daemon_threads = True
     server.socket.close()
     server.socket = listener
-    server.serve_forever()
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    while True:
+        function, argument, answer, done = _work.get()
+        answer.append(function(argument))  # what escapes (sys.exit in an action) ends the process
+        done.set()
 
 
 if __name__ == "__main__":
