@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 import aiohttp
@@ -195,3 +196,36 @@ def test_another_local_user_cannot_use_the_embedded_server_its_containers_or_the
             assert outcome == "refused", (attempt, outcome)
     assert squatted, "the other user could not make the folder: the refusal proves nothing"
     assert dask.delayed(sum)([3, 4]).compute(scheduler=whisk_get) == 7  # the job still works
+
+
+def test_no_repr_or_str_shows_a_secret(tmp_path):
+    """Every object that holds a MAC key, an OpenWhisk key, a Swift key, token or signature:
+    its repr and str (alone, in a list, and of its fields' containers) contain none of them."""
+    from dask_whisk import protocol
+    from dask_whisk.config import WhiskConfig
+    from dask_whisk.openwhisk import OpenWhiskClient
+    from dask_whisk.server.settings import ServerSettings
+    from dask_whisk.store.swift_settings import SwiftSettings
+    from dask_whisk.store.swift_worker import SwiftWorkerStore
+
+    mac_key, auth_key = secrets.token_bytes(32), secrets.token_hex(32)
+    swift_key, token, signature = (secrets.token_hex(16) for _ in range(3))
+    access = {"kind": "swift", "url": "http://127.0.0.1:1/v1/AUTH_t/c/", "segment_size": 1 << 20,
+              "mode": "tempurl", "expires": 1, "get": {"": signature}, "put": {"o-u1-a1-": signature}}
+    call = protocol.UnitCall("u1", 1, protocol.stored_ref("spec-u1", 10), [], ["o-u1-a1-0"])
+    config = WhiskConfig(apihost="http://127.0.0.1:1", auth=f"{uuid.uuid4()}:{auth_key}")
+    holders = [
+        protocol.Invocation("job", mac_key, access, [call]),
+        protocol.Invocation("job", mac_key, {**access, "mode": "token", "token": token},
+                            manifest=protocol.stored_ref("m-u1-a1", 10)),
+        config, OpenWhiskClient(config), ServerSettings(auth=config.auth),
+        SwiftSettings(auth_url="http://127.0.0.1:1/auth/v1.0", user="u", key=swift_key),
+        SwiftSettings(storage_url="http://127.0.0.1:1/v1/AUTH_t", token=token),
+        SwiftWorkerStore(access),
+    ]
+    secrets_as_text = [auth_key, swift_key, token, signature, protocol.b64(mac_key), mac_key.hex(),
+                       repr(mac_key)[2:-1]]
+    for holder in holders:
+        for text in (repr(holder), str(holder), repr([holder]), f"{holder!s:>10}"):
+            leaked = [s for s in secrets_as_text if s in text]
+            assert not leaked, f"{type(holder).__name__} shows a secret: {text}"
