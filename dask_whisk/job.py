@@ -8,6 +8,7 @@ results the user asked for.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import random
@@ -89,6 +90,8 @@ class Job:
         #: unit name -> where its spec frame is
         self.specs: dict[str, dict[str, Any]] = {}
         self.stats: dict[str, dict[str, Any]] = {}
+        #: bundle object -> descriptors of its members still held (it is deleted at zero)
+        self.bundle_members: collections.Counter[str] = collections.Counter()
         #: unit name -> attempts started (retries and backup copies); units whose outputs are taken
         self.attempts: dict[str, int] = {}
         self.done: set[str] = set()
@@ -247,6 +250,8 @@ class Job:
             for key, ref in zip(unit.outputs, result.outputs, strict=True):
                 self.refs[key] = ref
                 self.report.add_ref(ref)
+                if "offset" in ref:
+                    self.bundle_members[ref["stored"]] += 1
             self.stats[unit.name] = result.stats
         self.report.add_activation(batch.stats, [u.stats for u in batch.units])
 
@@ -291,7 +296,13 @@ class Job:
 
         A failed delete does not fail the job (teardown removes the job's objects): it is logged."""
         refs = [self.refs.pop(key) for key in keys if key in self.refs]
-        names = [ref["stored"] for ref in refs if "stored" in ref]
+        names = [ref["stored"] for ref in refs if "stored" in ref and "offset" not in ref]
+        for ref in refs:  # a bundle goes once the last of its members does
+            if "offset" in ref:
+                self.bundle_members[ref["stored"]] -= 1
+                if not self.bundle_members[ref["stored"]]:
+                    del self.bundle_members[ref["stored"]]
+                    names.append(ref["stored"])
         try:
             await self._forget(names)
         except Exception as exc:  # noqa: BLE001  (logged; the job's teardown retries the delete)
@@ -299,8 +310,7 @@ class Job:
                            "removed when the job ends", len(names), self.id, type(exc).__name__, exc)
 
     def _frame(self, source: Key) -> Any:
-        ref = self.refs[source]
-        return protocol.unb64(ref["inline"]) if "inline" in ref else self.store.get(ref["stored"])
+        return protocol.fetch_frames([self.refs[source]], self.store)[0]
 
     def result_bytes(self, keys: Iterable[Key]) -> int:
         """Bytes of the frames the client would fetch for ``keys`` (known before fetching)."""
@@ -331,12 +341,11 @@ class Job:
 
     def values(self, keys: Iterable[Key]) -> dict[Key, Any]:
         """Decode the values of ``keys``; stored ones are fetched concurrently."""
-        frame = self._frame
-
         sources = {key: self.plan.source(key) for key in keys}
         remote = sorted({s for s in sources.values() if s not in self.plan.data}, key=repr)
         with ThreadPoolExecutor(max_workers=8, thread_name_prefix="dask-whisk-gather") as pool:
-            frames = dict(zip(remote, pool.map(frame, remote), strict=True))
+            fetched = protocol.fetch_frames([self.refs[s] for s in remote], self.store, pool.map)
+        frames = dict(zip(remote, fetched, strict=True))
         decoded = {source: protocol.decode(data, self.mac_key, protocol.ref_name(self.refs[source]))
                    for source, data in frames.items()}
         return {key: self.plan.data[s] if s in self.plan.data else decoded[s] for key, s in sources.items()}

@@ -1,6 +1,8 @@
 """The wire format between the client and the worker action, defined once for both sides.
 
-A *frame* is how one Python value travels, inline in JSON (base64) or as a store object::
+A *frame* is how one Python value travels, inline in JSON (base64), as a store object, or as a
+member of a *bundle* (one store object holding many small frames an activation wrote; each
+frame still bound to its own name)::
 
     MAGIC | MAC (32 bytes) | nbuffers (u32) | len(pickle) (u64) | len(buffer_i) (u64)... | pickle | buffers
 
@@ -24,7 +26,7 @@ import hmac
 import pickle
 import struct
 import traceback
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +36,7 @@ PROTOCOL_VERSION = 2
 MAGIC = b"DWK\x01"
 MAC_SIZE = 32
 _COUNT = struct.Struct("<I")
+Buffer = bytes | bytearray | memoryview
 _LENGTH = struct.Struct("<Q")
 
 #: OpenWhisk's limit on an invocation payload and on an activation result (1 MiB)
@@ -46,6 +49,12 @@ INLINE_TOTAL_BYTES = 512 * 1024
 PAYLOAD_BUDGET_BYTES = 960 * 1024
 #: room a stored-object descriptor takes in a message (its JSON, with a generous name)
 STORED_REF_BYTES = 128
+#: an activation writes its stored outputs up to this size together, as *bundles* of about
+#: BUNDLE_BYTES (one object, one request, for many small values), the larger ones on their own
+BUNDLE_VALUE_BYTES = 1024 * 1024
+BUNDLE_BYTES = 8 * 1024 * 1024
+#: bundle members closer together than this are read with one ranged request
+COALESCE_GAP_BYTES = 256 * 1024
 
 
 class TamperedObject(ValueError):
@@ -94,8 +103,9 @@ def seal(frame: Frame, mac_key: bytes, name: str) -> Frame:
 
 
 def ref_name(ref: Mapping[str, Any]) -> str:
-    """The name a frame behind ``ref`` is bound to: its object name, or "" inline."""
-    return ref.get("stored", "")
+    """The name a frame behind ``ref`` is bound to: its own name (a bundle member's, or the
+    object's), or "" inline."""
+    return ref.get("name") or ref.get("stored", "")
 
 
 def decode(data: bytes | bytearray | memoryview, mac_key: bytes, name: str = "") -> Any:
@@ -255,6 +265,54 @@ def inline_ref(frame: bytes) -> dict[str, Any]:
 def stored_ref(name: str, nbytes: int) -> dict[str, Any]:
     """Descriptor of a value held in the job's store."""
     return {"stored": name, "nbytes": nbytes}
+
+
+def bundled_ref(bundle: str, offset: int, nbytes: int, name: str) -> dict[str, Any]:
+    """Descriptor of value ``name`` held at bytes [offset, offset + nbytes) of object ``bundle``."""
+    return {"stored": bundle, "offset": offset, "nbytes": nbytes, "name": name}
+
+
+def fetch_frames(refs: Sequence[Mapping[str, Any]], store: Any, map_: Callable = map) -> list[Buffer]:
+    """The frame behind each descriptor, in order: inline ones decoded, stored ones read with
+    ``store.get``, bundle members with one ``store.get_range`` per run of nearby members
+    (``map_`` may run the reads concurrently)."""
+    frames: list[Buffer | None] = [None] * len(refs)
+    whole, members = [], {}
+    for i, ref in enumerate(refs):
+        if "inline" in ref:
+            frames[i] = unb64(ref["inline"])
+        elif "offset" in ref:
+            members.setdefault(ref["stored"], []).append(i)
+        else:
+            whole.append(i)
+    reads: list[tuple[str, int, int, list[int]]] = []  # object, start, stop, the refs inside
+    for bundle, indices in members.items():
+        indices.sort(key=lambda i: refs[i]["offset"])
+        for i in indices:
+            start, stop = refs[i]["offset"], refs[i]["offset"] + refs[i]["nbytes"]
+            if reads and reads[-1][0] == bundle and start - reads[-1][2] <= COALESCE_GAP_BYTES:
+                reads[-1] = (bundle, reads[-1][1], max(stop, reads[-1][2]), [*reads[-1][3], i])
+            else:
+                reads.append((bundle, start, stop, [i]))
+    jobs = [("get", i) for i in whole] + [("range", r) for r in range(len(reads))]
+
+    def read(job: tuple[str, int]) -> Buffer:
+        kind, index = job
+        if kind == "get":
+            return store.get(refs[index]["stored"])
+        bundle, start, stop, _ = reads[index]
+        return store.get_range(bundle, start, stop)
+
+    for (kind, index), data in zip(jobs, map_(read, jobs), strict=True):
+        if kind == "get":
+            frames[index] = data
+            continue
+        _, start, _, inside = reads[index]
+        view = memoryview(data)
+        for i in inside:
+            offset = refs[i]["offset"] - start
+            frames[i] = view[offset:offset + refs[i]["nbytes"]]
+    return frames
 
 
 def ref_nbytes(ref: Mapping[str, Any]) -> int:

@@ -86,6 +86,30 @@ def test_an_intermediate_is_deleted_after_its_last_reader_and_not_before(local_s
     assert not list(local_store_root.iterdir())
 
 
+def test_a_bundle_is_deleted_after_the_last_reader_of_its_last_member(local_store_root):
+    """A1 and A2 (160 kB each: stored) come from one activation (parallelism 1 batches them), so
+    they share a bundle. B reads A1, C reads A2 and B: after B, A1 is released but the bundle
+    stays for C."""
+    make = dask.delayed(lambda i: np.arange(20_000) + i, pure=True)
+    a1, a2 = make(1), make(2)
+    b = dask.delayed(lambda v: int(v[0]), name="b")(a1)
+    c = dask.delayed(lambda v, w: int(v[0]) + w, name="c")(a2, b)
+    d = dask.delayed(lambda w: w * 10, name="d")(c)
+    seen = {}
+
+    def pretask(key, dsk, state):
+        if key == c.key:  # B, A1's only reader, has finished
+            seen["while C runs"] = [p.name.rsplit("-", 1)[1] for p in job_files(local_store_root, "o-")]
+
+    def posttask(key, result, dsk, state, worker_id):
+        if key == d.key:
+            seen["after C"] = wait_until(lambda: not job_files(local_store_root, "o-"))
+
+    with dask.config.set({**PER_UNIT, "whisk.parallelism": 1}), Callback(pretask=pretask, posttask=posttask):
+        assert d.compute(scheduler=whisk_get) == 30
+    assert seen == {"while C runs": ["b0"], "after C": True}
+
+
 def test_a_failed_release_is_logged_not_dropped(local_store_root, caplog):
     """A's stored object is replaced by a directory once C ran: deleting it fails, and says so."""
     a, b, c, d = diamond()

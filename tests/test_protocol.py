@@ -90,3 +90,47 @@ def test_a_frame_is_bound_to_its_name():
     with pytest.raises(protocol.TamperedObject):
         protocol.decode(protocol.join(resealed), KEY)
 
+
+
+def test_bundle_members_are_read_with_one_request_per_run_and_bound_to_their_names(tmp_path):
+    """Members of a bundle close together are read with one ranged request; one far away gets
+    its own; a member presented under another member's name is refused."""
+    from dask_whisk.store.local import LocalWorkerStore
+
+    class Counting(LocalWorkerStore):
+        def __init__(self, directory):
+            super().__init__(directory)
+            self.calls = []
+
+        def get(self, name):
+            self.calls.append(("get", name))
+            return super().get(name)
+
+        def get_range(self, name, start, stop):
+            self.calls.append(("range", name, start, stop))
+            return super().get_range(name, start, stop)
+
+    store = Counting(tmp_path)
+    values = [np.arange(1000) + i for i in range(4)]
+    bundle, refs, offset = [], [], 0
+    for i, value in enumerate(values):
+        sealed = protocol.seal(protocol.encode(value, KEY), KEY, f"o-u1-a1-{i}")
+        refs.append(protocol.bundled_ref("o-u1-a1-b0", offset, protocol.frame_size(sealed), f"o-u1-a1-{i}"))
+        bundle.extend(sealed)
+        offset += protocol.frame_size(sealed)
+    far = protocol.seal(protocol.encode("far", KEY), KEY, "o-u2-a1-0")
+    bundle.extend([b"\0" * (protocol.COALESCE_GAP_BYTES + 1), *far])
+    refs.append(protocol.bundled_ref("o-u1-a1-b0", offset + protocol.COALESCE_GAP_BYTES + 1,
+                                     protocol.frame_size(far), "o-u2-a1-0"))
+    store.put("o-u1-a1-b0", bundle)
+    store.put("k-whole", protocol.seal(protocol.encode("whole", KEY), KEY, "k-whole"))
+    wanted = [refs[2], protocol.stored_ref("k-whole", 0), refs[0], refs[4], refs[1],
+              protocol.inline_ref(protocol.join(protocol.encode("inline", KEY)))]
+    frames = protocol.fetch_frames(wanted, store)
+    decoded = [protocol.decode(f, KEY, protocol.ref_name(r)) for f, r in zip(frames, wanted)]
+    for got, expected in zip(decoded, [values[2], "whole", values[0], "far", values[1], "inline"]):
+        assert np.array_equal(got, expected) if isinstance(got, np.ndarray) else got == expected
+    assert sorted(c[0] for c in store.calls) == ["get", "range", "range"], store.calls
+    swapped = {**refs[0], "name": refs[1]["name"]}
+    with pytest.raises(protocol.TamperedObject):
+        protocol.decode(protocol.fetch_frames([swapped], store)[0], KEY, protocol.ref_name(swapped))

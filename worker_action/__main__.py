@@ -38,13 +38,9 @@ class _TaskFailed(Exception):
         self.key, self.exc = key, exc
 
 
-def _read(ref: dict[str, Any], store: WorkerStore) -> bytes | memoryview:
-    return protocol.unb64(ref["inline"]) if "inline" in ref else store.get(ref["stored"])
-
-
 def _fetch(refs: list[dict[str, Any]], store: WorkerStore) -> list[bytes | memoryview]:
     """Every frame the activation reads, stored ones fetched concurrently."""
-    return list(_io_pool.map(lambda ref: _read(ref, store), refs))
+    return protocol.fetch_frames(refs, store, _io_pool.map)
 
 
 def _execute(spec: protocol.UnitSpec, inputs: dict) -> list[Any]:
@@ -59,31 +55,56 @@ def _execute(spec: protocol.UnitSpec, inputs: dict) -> list[Any]:
 
 
 class _Placer:
-    """Inlines small outputs while the result's budget lasts; stores the rest (concurrently)."""
+    """Inlines small outputs while the result's budget lasts and stores the rest: those up to
+    BUNDLE_VALUE_BYTES together in bundles (one request for many values), larger ones alone,
+    concurrently. :meth:`finish` writes the last bundle and waits for every write."""
 
     def __init__(self, inv: protocol.Invocation, store: WorkerStore) -> None:
         self.inv, self.store = inv, store
         self.budget = protocol.INLINE_TOTAL_BYTES
+        self.writes: list = []
+        self.bundle: list = []  # sealed parts of the open bundle
+        self.bundle_name, self.bundle_size, self.bundles = "", 0, 0
 
-    def place(self, values: list[Any], names: list[str]) -> tuple[list[dict], int]:
+    def place(self, values: list[Any], names: list[str], prefix: str) -> tuple[list[dict], int]:
+        """Descriptors of one unit's outputs (``names``); ``prefix`` names its new bundles."""
         frames = [protocol.encode(v, self.inv.mac_key) for v in values]
         sizes = [protocol.frame_size(parts) for parts in frames]
-        refs: list[dict | None] = [None] * len(frames)
-        to_store = []
-        for i, (parts, size) in enumerate(zip(frames, sizes, strict=True)):
+        refs: list[dict] = []
+        large = []  # written before the next unit runs, so large values are not held
+        for parts, size, name in zip(frames, sizes, names, strict=True):
             if size <= protocol.INLINE_VALUE_BYTES and size <= self.budget:
                 self.budget -= size
-                refs[i] = protocol.inline_ref(protocol.join(parts))
-            else:
-                self.budget -= protocol.STORED_REF_BYTES
-                to_store.append(i)
-
-        def put(i: int) -> None:
-            sealed = protocol.seal(frames[i], self.inv.mac_key, names[i])
-            refs[i] = protocol.stored_ref(names[i], self.store.put(names[i], sealed))
-
-        list(_io_pool.map(put, to_store))
+                refs.append(protocol.inline_ref(protocol.join(parts)))
+                continue
+            self.budget -= protocol.STORED_REF_BYTES
+            sealed = protocol.seal(parts, self.inv.mac_key, name)
+            if size > protocol.BUNDLE_VALUE_BYTES:
+                large.append(_io_pool.submit(self.store.put, name, sealed))
+                refs.append(protocol.stored_ref(name, size))
+                continue
+            if not self.bundle:
+                self.bundle_name = f"{prefix}b{self.bundles}"
+                self.bundles += 1
+            refs.append(protocol.bundled_ref(self.bundle_name, self.bundle_size, size, name))
+            self.bundle.extend(sealed)
+            self.bundle_size += size
+            if self.bundle_size >= protocol.BUNDLE_BYTES:
+                self._write_bundle()
+        for write in large:
+            write.result()
         return refs, sum(sizes)
+
+    def _write_bundle(self) -> None:
+        if self.bundle:
+            self.writes.append(_io_pool.submit(self.store.put, self.bundle_name, self.bundle))
+        self.bundle, self.bundle_size = [], 0
+
+    def finish(self) -> None:
+        """Write the open bundle; wait for all writes (raising the first failure)."""
+        self._write_bundle()
+        for write in self.writes:
+            write.result()
 
 
 def _pong(args: dict[str, Any]) -> dict[str, Any]:
@@ -108,7 +129,7 @@ def _calls(inv: protocol.Invocation, store: WorkerStore) -> tuple[list[protocol.
     grant reads only the manifest) when the entries did not fit OpenWhisk's payload limit."""
     if inv.manifest is None:
         return inv.units, store
-    manifest = protocol.decode(_read(inv.manifest, store), inv.mac_key, protocol.ref_name(inv.manifest))
+    manifest = protocol.decode(_fetch([inv.manifest], store)[0], inv.mac_key, protocol.ref_name(inv.manifest))
     return [protocol.UnitCall.from_json(e) for e in manifest["units"]], open_worker_store(manifest["store"])
 
 
@@ -145,7 +166,7 @@ def main(args: dict[str, Any]) -> dict[str, Any]:
             return protocol.error_envelope(failed.exc, failed.key, inv.mac_key, skip_files=_MACHINERY)
         del inputs
         computed = time.perf_counter()
-        refs, bytes_out = placer.place(values, call.outputs)
+        refs, bytes_out = placer.place(values, call.outputs, protocol.output_prefix(call.unit, call.attempt))
         del values
         results.append(protocol.UnitResult(refs, {
             "decode_s": decoded - unit_started,
@@ -155,6 +176,10 @@ def main(args: dict[str, Any]) -> dict[str, Any]:
             "bytes_out": bytes_out,
         }))
         del input_frames, spec_frame
+    finishing = time.perf_counter()
+    placer.finish()
+    if results:  # the last bundle's write: part of storing
+        results[-1].stats["store_s"] += time.perf_counter() - finishing
     envelope = protocol.BatchResult(results, {
         "duration_s": time.perf_counter() - started,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

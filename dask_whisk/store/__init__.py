@@ -32,12 +32,26 @@ class ObjectMissing(StoreError, KeyError):
     """The named object does not exist in the job's namespace."""
 
 
+def check_range(data: Buffer, name: str, start: int, stop: int) -> Buffer:
+    """``data``, if it holds all of bytes [start, stop) of object ``name``."""
+    if memoryview(data).nbytes != stop - start:
+        raise StoreError(f"Object {name!r} is shorter than the {stop - start} bytes asked for at "
+                         f"offset {start}: it was truncated or replaced")
+    return data
+
+
 class WorkerStore(abc.ABC):
     """What an activation may do: read its inputs and write its outputs."""
 
     @abc.abstractmethod
     def get(self, name: str) -> Buffer:
         """Return the whole object ``name``; raise :class:`ObjectMissing` if absent."""
+
+    def get_range(self, name: str, start: int, stop: int) -> Buffer:
+        """Bytes [start, stop) of object ``name`` (backends read only those); raise
+        :class:`StoreError` if the object is shorter."""
+        data = memoryview(self.get(name))[start:stop]
+        return check_range(data, name, start, stop)
 
     @abc.abstractmethod
     def put(self, name: str, parts: Sequence[Buffer]) -> int:

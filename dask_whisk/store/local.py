@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import Buffer, JobStore, ObjectMissing, WorkerStore
+from . import Buffer, JobStore, ObjectMissing, WorkerStore, check_range
 
 #: how long destroy() keeps removing files that in-flight writes leave in a deleted job
 DESTROY_SECONDS = 5.0
@@ -43,6 +43,14 @@ class LocalWorkerStore(WorkerStore):
         try:
             with open(self._path(name), "rb") as f:
                 return f.read()
+        except FileNotFoundError:
+            raise ObjectMissing(f"Object {name!r} is not in {self.directory}") from None
+
+    def get_range(self, name: str, start: int, stop: int) -> bytes:
+        try:
+            with open(self._path(name), "rb") as f:
+                f.seek(start)
+                return check_range(f.read(stop - start), name, start, stop)
         except FileNotFoundError:
             raise ObjectMissing(f"Object {name!r} is not in {self.directory}") from None
 

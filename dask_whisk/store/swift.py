@@ -21,7 +21,8 @@ import urllib.parse
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from . import JOB_PREFIX, Buffer, JobStore, ObjectMissing, StoreError, job_age_seconds
+from . import (JOB_PREFIX, Buffer, JobStore, ObjectMissing, StoreError, check_range,
+               job_age_seconds)
 from .swift_settings import SwiftConfigError, SwiftSettings, resolve_settings, scrub_url
 from .swift_worker import (MANIFEST_TYPE, SEGMENTS_DIR, SwiftWorkerStore, byte_slices, byte_views,
                            check_name, parse_manifest)
@@ -310,6 +311,14 @@ class SwiftJobStore(JobStore):
                 raise StoreError(f"A segment of {name!r} has {len(chunk)} bytes, expected {size}")
             parts.append(chunk)
         return b"".join(parts)
+
+    def get_range(self, name: str, start: int, stop: int) -> Buffer:
+        conn = self._conn()
+        headers, data = self._call("GET object", name, conn.get_object, self.container,
+                                   self._object(name), headers={"Range": f"bytes={start}-{stop - 1}"})
+        if headers.get("content-type", "").split(";")[0] == MANIFEST_TYPE:  # a range of the manifest
+            return check_range(memoryview(self.get(name))[start:stop], name, start, stop)
+        return check_range(data, name, start, stop)
 
     def put(self, name: str, parts: Sequence[Buffer]) -> int:
         obj = self._object(name)

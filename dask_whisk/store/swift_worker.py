@@ -21,7 +21,7 @@ import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from . import Buffer, ObjectMissing, StoreError, WorkerStore
+from . import Buffer, ObjectMissing, StoreError, WorkerStore, check_range
 
 #: content type of a manifest an activation writes for an object stored as segments
 MANIFEST_TYPE = "application/x-dask-whisk-segments"
@@ -125,9 +125,12 @@ class SwiftWorkerStore(WorkerStore):
 
     def _request(self, method: str, name: str, *, segment: str | None = None,
                  body: list[memoryview] | None = None, size: int = 0,
-                 content_type: str = "application/octet-stream") -> tuple[int, dict, Any]:
+                 content_type: str = "application/octet-stream",
+                 byte_range: tuple[int, int] | None = None) -> tuple[int, dict, Any]:
         """One request with bounded retries; returns status, headers and the body (GET) or None."""
         path, headers = self._target(method, name, segment)
+        if byte_range is not None:
+            headers = {**headers, "Range": f"bytes={byte_range[0]}-{byte_range[1] - 1}"}
         what = f"{method} of {name!r}" if segment is None else f"{method} of a segment of {name!r}"
         delay = self._backoff
         for attempt in range(self._retries + 1):
@@ -144,7 +147,7 @@ class SwiftWorkerStore(WorkerStore):
                     conn.send(view)
                 resp = conn.getresponse()
                 status = resp.status
-                data = _read_body(resp) if method == "GET" and status == 200 else resp.read()
+                data = _read_body(resp) if method == "GET" and status in (200, 206) else resp.read()
                 if resp.will_close:
                     self._drop_conn()
             except (OSError, http.client.HTTPException) as exc:
@@ -190,6 +193,13 @@ class SwiftWorkerStore(WorkerStore):
             out[offset:offset + size] = chunk
             offset += size
         return out
+
+    def get_range(self, name: str, start: int, stop: int) -> Buffer:
+        status, headers, data = self._request("GET", check_name(name), byte_range=(start, stop))
+        self._check(status, name, "GET")
+        if headers.get("content-type", "").split(";")[0] == MANIFEST_TYPE:  # a range of the manifest
+            return check_range(memoryview(self.get(name))[start:stop], name, start, stop)
+        return check_range(data, name, start, stop)
 
     def put(self, name: str, parts: Sequence[Buffer]) -> int:
         views = byte_views(parts)
