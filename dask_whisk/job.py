@@ -106,16 +106,20 @@ class Job:
         for key, value in self.plan.data.items():
             self.refs[key] = self._place(protocol.object_name(key), self._encode(value, f"value of {key!r}"))
             self.report.add_ref(self.refs[key])
+        shared = protocol.SharedFunctions()
         for unit in self.plan.units.values():
             spec = protocol.UnitSpec(tasks=unit.tasks, inputs=unit.inputs, outputs=unit.outputs)
             what = f"task {next(iter(unit.tasks))!r}"
-            self.specs[unit.name] = self._place(f"spec-{unit.name}", self._encode(spec, what),
+            self.specs[unit.name] = self._place(f"spec-{unit.name}", self._encode(spec, what, shared),
                                                 inline_limit=protocol.INLINE_TOTAL_BYTES // 2)
             self.report.add_ref(self.specs[unit.name])
+        for name, payload in shared.new.items():  # each shared function once, before any spec is read
+            frame = protocol.seal(protocol.encode(payload, self.mac_key), self.mac_key, name)
+            self.report.add_ref(protocol.stored_ref(name, self.store.put(name, frame)))
 
-    def _encode(self, value: Any, what: str) -> protocol.Frame:
+    def _encode(self, value: Any, what: str, shared: protocol.SharedFunctions | None = None) -> protocol.Frame:
         try:
-            return protocol.encode(value, self.mac_key)
+            return protocol.encode(value, self.mac_key, shared=shared)
         except Exception as exc:
             raise protocol.SerializationError(
                 f"Could not serialise the {what} for OpenWhisk: {type(exc).__name__}: {exc}. "

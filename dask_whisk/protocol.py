@@ -23,9 +23,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import io
 import pickle
 import struct
 import traceback
+import types
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,11 +81,55 @@ def _seal_mac(mac_key: bytes, name: str, content: bytes) -> bytes:
     return hashlib.blake2b(name.encode() + b"\0" + content, key=mac_key, digest_size=MAC_SIZE).digest()
 
 
-def encode(value: Any, mac_key: bytes, name: str = "") -> Frame:
+class SharedFunctions:
+    """Functions pickled by value (lambdas, closures, ``__main__``'s) that many units share:
+    each is pickled once per job and stored by content hash, and a spec refers to it by name
+    instead of carrying its bytes (10,000 units of one lambda carried it 10,000 times)."""
+
+    #: a function pickling smaller than this (by reference, or tiny) stays in the spec
+    MIN_BYTES = 256
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[Any, str | None]] = {}  # id -> (the function, its name)
+        #: name -> pickled function, for the caller to store before any spec using it is read
+        self.new: dict[str, bytes] = {}
+
+    def name_of(self, function: Any) -> str | None:
+        """The store name of ``function``'s shared copy, or None to pickle it in place."""
+        seen = self._seen.get(id(function))
+        if seen is None:
+            payload = cloudpickle.dumps(function, protocol=5)
+            name = None
+            if len(payload) >= self.MIN_BYTES:
+                name = "f-" + hashlib.sha256(payload).hexdigest()[:40]
+                self.new[name] = payload
+            seen = self._seen[id(function)] = (function, name)  # holds it: its id stays its own
+        return seen[1]
+
+
+class _SharingPickler(cloudpickle.Pickler):
+    def __init__(self, file: Any, shared: SharedFunctions, **kwargs: Any) -> None:
+        super().__init__(file, **kwargs)
+        self._shared = shared
+
+    def persistent_id(self, obj: Any) -> str | None:
+        return self._shared.name_of(obj) if type(obj) is types.FunctionType else None
+
+
+def _dumps(value: Any, buffer_callback: Callable, shared: SharedFunctions | None) -> bytes:
+    if shared is None:
+        return cloudpickle.dumps(value, protocol=5, buffer_callback=buffer_callback)
+    out = io.BytesIO()
+    _SharingPickler(out, shared, protocol=5, buffer_callback=buffer_callback).dump(value)
+    return out.getvalue()
+
+
+def encode(value: Any, mac_key: bytes, name: str = "", shared: SharedFunctions | None = None) -> Frame:
     """Frame ``value``, its MAC binding it to the job's key and to ``name`` (the object name it
-    is stored under; "" for a value carried inline in a message)."""
+    is stored under; "" for a value carried inline in a message). With ``shared``, functions
+    pickled by value are left out and referred to by name (see :class:`SharedFunctions`)."""
     buffers: list[memoryview] = []
-    payload = cloudpickle.dumps(value, protocol=5, buffer_callback=lambda b: buffers.append(b.raw()))
+    payload = _dumps(value, lambda b: buffers.append(b.raw()), shared)
     header = _COUNT.pack(len(buffers)) + _LENGTH.pack(len(payload))
     header += b"".join(_LENGTH.pack(b.nbytes) for b in buffers)
     mac = hashlib.blake2b(key=mac_key, digest_size=MAC_SIZE)
@@ -108,8 +154,10 @@ def ref_name(ref: Mapping[str, Any]) -> str:
     return ref.get("name") or ref.get("stored", "")
 
 
-def decode(data: bytes | bytearray | memoryview, mac_key: bytes, name: str = "") -> Any:
-    """Check and unpickle a frame bound to ``name``; buffers are views into ``data`` (no copies)."""
+def decode(data: bytes | bytearray | memoryview, mac_key: bytes, name: str = "",
+           functions: Callable[[str], Any] | None = None) -> Any:
+    """Check and unpickle a frame bound to ``name``; buffers are views into ``data`` (no copies).
+    ``functions`` gives the shared function a spec refers to by name."""
     view = memoryview(data)
     if view[: len(MAGIC)] != MAGIC:
         raise TamperedObject("Not a dask-whisk object (bad magic bytes): refusing to unpickle it")
@@ -130,7 +178,11 @@ def decode(data: bytes | bytearray | memoryview, mac_key: bytes, name: str = "")
     for length in lengths:
         pieces.append(view[offset : offset + length])
         offset += length
-    return pickle.loads(pieces[0], buffers=pieces[1:])
+    if functions is None:
+        return pickle.loads(pieces[0], buffers=pieces[1:])
+    unpickler = pickle.Unpickler(io.BytesIO(pieces[0]), buffers=pieces[1:])
+    unpickler.persistent_load = functions
+    return unpickler.load()
 
 
 def frame_size(parts: Sequence[bytes | memoryview]) -> int:

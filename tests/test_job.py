@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from dask.diagnostics import Callback
 
+import dask_whisk
 from dask_whisk import backend, whisk_get
 from dask_whisk.job import ActivationError
 from dask_whisk.protocol import TamperedObject
@@ -110,6 +111,25 @@ def test_a_bundle_is_deleted_after_the_last_reader_of_its_last_member(local_stor
     assert seen == {"while C runs": ["b0"], "after C": True}
 
 
+def test_a_function_shared_by_many_units_is_stored_once(local_store_root):
+    """300 units of one lambda with 16 kB in its closure: the lambda is stored once (by content
+    hash) and the specs refer to it, instead of each carrying the 16 kB."""
+    weights = np.arange(2_000)
+    parts = [dask.delayed(lambda i: int(weights[i]), pure=True)(i) for i in range(300)]
+    total = dask.delayed(sum)(parts)
+    seen = []
+
+    def pretask(key, dsk, state):
+        if not seen:
+            seen.append([p.name for p in job_files(local_store_root, "f-")])
+
+    with dask.config.set(PER_UNIT), Callback(pretask=pretask):
+        assert total.compute(scheduler=whisk_get) == sum(range(300))
+    report = dask_whisk.last_report()
+    assert len(seen[0]) == 1, seen
+    assert report.bytes_inline + report.bytes_stored < 300 * 16_000 / 4, report.summary()
+
+
 def test_a_failed_release_is_logged_not_dropped(local_store_root, caplog):
     """A's stored object is replaced by a directory once C ran: deleting it fails, and says so."""
     a, b, c, d = diamond()
@@ -180,25 +200,29 @@ def test_a_tampered_final_result_is_refused_on_the_client(local_store_root):
     assert not list(local_store_root.iterdir())
 
 
-def test_a_tampered_stored_spec_is_refused_as_tampered(local_store_root):
-    data = np.arange(50_000)  # 400 kB in the closure: the unit's spec is stored, not inlined
+@pytest.mark.parametrize("prefix", ["spec-", "f-"])
+def test_a_tampered_stored_spec_or_shared_function_is_refused_as_tampered(local_store_root, prefix):
+    """The 400 kB argument makes the unit's spec a stored object; the 400 kB closure makes the
+    function a shared one (stored once, by hash): tampering with either is refused."""
+    data, closed_over = np.arange(50_000), np.arange(50_000)
 
-    def total():
-        return float(data.sum())
+    def total(values):
+        return float(values.sum() + closed_over.sum())
 
-    work = dask.delayed(total)()
-    work.compute(scheduler=whisk_get)  # backend up, action deployed
+    work = dask.delayed(total)(data)
+    # backend up, action deployed (not with ``total``: a warm container would keep it)
+    dask.delayed(sum)([1, 2]).compute(scheduler=whisk_get)
     found = []
 
     def pretask(key, dsk, state):  # after the job stored the specs, before the invoke
-        found.extend(job_files(local_store_root, "spec-"))
+        found.extend(job_files(local_store_root, prefix))
         tamper(found[0])
 
     before = activations()
     with Callback(pretask=pretask):
         with pytest.raises(TamperedObject, match="integrity check"):
             work.compute(scheduler=whisk_get)
-    assert found, "the spec was not stored"
+    assert found, f"no {prefix}* object was stored"
     assert activations() - before == 1, "a tampered object is not a platform failure to retry"
     assert not list(local_store_root.iterdir())
 
@@ -208,8 +232,8 @@ def test_a_stored_object_swapped_for_another_is_refused(local_store_root):
     could): each is bound to its own name, so neither decodes in the other's place."""
     first, second = np.arange(50_000), np.arange(50_000) * 2  # specs of 400 kB: both stored
 
-    a = dask.delayed(lambda: float(first.sum()))()
-    b = dask.delayed(lambda: float(second.sum()))()
+    a = dask.delayed(np.sum)(first)
+    b = dask.delayed(np.sum)(second)
     dask.compute(a, b, scheduler=whisk_get)  # backend up, action deployed
     swapped = []
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 
 # Parallelism comes from many activations, each given a share of a core: a BLAS pool per
 # activation would oversubscribe the invoker's cores (measured: 8x slower QR on 2 cores).
@@ -29,6 +30,10 @@ from dask_whisk.store import WorkerStore, open_worker_store
 #: activations served by this container process so far (0 during the first: a cold start)
 _served = 0
 _io_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dask-whisk-io")
+#: shared functions by name, most recently used last: the name is a hash of the function's
+#: pickle, so a warm container may keep them from unit to unit and from job to job
+_functions: dict[str, Any] = {}
+FUNCTION_CACHE = 256
 #: files whose frames start every task's traceback: left out of the traceback users see
 _MACHINERY = (__file__, _task_spec.__file__)
 
@@ -41,6 +46,20 @@ class _TaskFailed(Exception):
 def _fetch(refs: list[dict[str, Any]], store: WorkerStore) -> list[bytes | memoryview]:
     """Every frame the activation reads, stored ones fetched concurrently."""
     return protocol.fetch_frames(refs, store, _io_pool.map)
+
+
+def _function_loader(store: WorkerStore, mac_key: bytes):
+    """What a spec's references to shared functions resolve with: the container's cache, else
+    the job's stored copy (checked against the job's key like any frame)."""
+    def load(name: str) -> Any:
+        function = _functions.pop(name, None)
+        if function is None:
+            function = pickle.loads(protocol.decode(store.get(name), mac_key, name))
+        _functions[name] = function
+        while len(_functions) > FUNCTION_CACHE:
+            del _functions[next(iter(_functions))]
+        return function
+    return load
 
 
 def _execute(spec: protocol.UnitSpec, inputs: dict) -> list[Any]:
@@ -148,13 +167,15 @@ def main(args: dict[str, Any]) -> dict[str, Any]:
     except protocol.TamperedObject as exc:  # the client gets this exception type back
         return protocol.error_envelope(exc, inv.job, inv.mac_key)
     placer = _Placer(inv, store)
+    functions = _function_loader(store, inv.mac_key)
     results = []
     for call in calls:
         unit_started = time.perf_counter()
         spec_frame = next(frames)
         input_frames = [next(frames) for _ in call.inputs]
         try:
-            spec: protocol.UnitSpec = protocol.decode(spec_frame, inv.mac_key, protocol.ref_name(call.spec))
+            spec: protocol.UnitSpec = protocol.decode(spec_frame, inv.mac_key, protocol.ref_name(call.spec),
+                                                      functions)
             inputs = {key: protocol.decode(f, inv.mac_key, protocol.ref_name(ref))
                       for key, f, ref in zip(spec.inputs, input_frames, call.inputs, strict=True)}
         except protocol.TamperedObject as exc:
