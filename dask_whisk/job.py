@@ -58,6 +58,10 @@ class ActivationError(RuntimeError):
         self.unit, self.activation_id, self.status = unit, activation_id, status
 
 
+#: how long closing a job waits for deletes of released values already under way
+RELEASE_WAIT_SECONDS = 10.0
+
+
 class UnitTooLarge(MemoryError):
     """A unit's inputs alone exceed the action's memory: refused before it is invoked."""
 
@@ -96,6 +100,7 @@ class Job:
         self.attempts: dict[str, int] = {}
         self.done: set[str] = set()
         self._releases: list[Future] = []
+        self.closed = False
         self.report = JobReport(**{k: v for k, v in plan.summary().items() if k in
                                    ("tasks", "units", "critical_path_units")})
 
@@ -299,6 +304,8 @@ class Job:
         """Forget values no unit will read again, deleting the stored ones (off the dispatch path).
 
         A failed delete does not fail the job (teardown removes the job's objects): it is logged."""
+        if self.closed:
+            return
         refs = [self.refs.pop(key) for key in keys if key in self.refs]
         names = [ref["stored"] for ref in refs if "stored" in ref and "offset" not in ref]
         for ref in refs:  # a bundle goes once the last of its members does
@@ -356,8 +363,12 @@ class Job:
 
     def close(self) -> None:
         """Delete everything the job stored; called on success and on failure."""
-        for pending in self._releases:  # the teardown deletes what they would
+        self.closed = True  # a release not yet started does nothing: the teardown deletes all
+        for pending in self._releases:
             pending.cancel()
+        # those already running cannot be cancelled: let them end before the job's objects go,
+        # or they outlive the job (and, in a script that ends, the interpreter's executors)
+        wait([f for f in self._releases if not f.cancelled()], timeout=RELEASE_WAIT_SECONDS)
         try:
             self.store.destroy()
         finally:
