@@ -13,6 +13,7 @@ import json
 import logging
 import random
 import secrets
+import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
@@ -101,6 +102,10 @@ class Job:
         self.done: set[str] = set()
         self._releases: list[Future] = []
         self.closed = False
+        #: warnings the activations raised, each distinct one once, for the caller's thread to
+        #: raise again (appended on the event loop, taken by the scheduler: a deque is safe)
+        self.warnings: collections.deque[tuple] = collections.deque()
+        self._warned: set[tuple] = set()
         self.report = JobReport(**{k: v for k, v in plan.summary().items() if k in
                                    ("tasks", "units", "critical_path_units")})
 
@@ -262,7 +267,19 @@ class Job:
                 if "offset" in ref:
                     self.bundle_members[ref["stored"]] += 1
             self.stats[unit.name] = result.stats
+            for entry in map(tuple, result.warnings):
+                if entry not in self._warned:
+                    self._warned.add(entry)
+                    self.warnings.append(entry)
         self.report.add_activation(batch.stats, [u.stats for u in batch.units])
+
+    def raise_warnings(self) -> None:
+        """Raise again, in the calling thread, the warnings activations reported since last
+        time, as ``scheduler="sync"`` would have (so filters, ``pytest.warns`` and notebooks
+        see them), each at the task's own file and line."""
+        while self.warnings:
+            category, message, filename, lineno = self.warnings.popleft()
+            warnings.warn_explicit(message, protocol.warning_category(category), filename, lineno)
 
     async def _forget(self, names: list[str]) -> None:
         if names:

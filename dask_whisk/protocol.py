@@ -23,11 +23,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import importlib
 import io
 import pickle
 import struct
 import traceback
 import types
+import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -377,10 +379,13 @@ def ref_nbytes(ref: Mapping[str, Any]) -> int:
 
 @dataclass
 class UnitResult:
-    """One unit's part of a result envelope: a descriptor per output, and what it spent."""
+    """One unit's part of a result envelope: a descriptor per output, what it spent, and the
+    warnings its tasks raised (category path, message, filename, lineno), for the client to
+    raise again."""
 
     outputs: list[dict[str, Any]]
     stats: dict[str, Any] = field(default_factory=dict)
+    warnings: list[list] = field(default_factory=list)
 
 
 @dataclass
@@ -393,7 +398,8 @@ class BatchResult:
     def to_json(self) -> dict[str, Any]:
         """The activation result (never a top-level ``error`` key on success)."""
         return {"dask_whisk": PROTOCOL_VERSION, "stats": self.stats,
-                "units": [{"outputs": u.outputs, "stats": u.stats} for u in self.units]}
+                "units": [{"outputs": u.outputs, "stats": u.stats,
+                           **({"warnings": u.warnings} if u.warnings else {})} for u in self.units]}
 
     @staticmethod
     def stored(ref: dict[str, Any]) -> dict[str, Any]:
@@ -406,8 +412,25 @@ class BatchResult:
         """Parse an activation's successful result (a stored one already read back)."""
         if result.get("dask_whisk") != PROTOCOL_VERSION or "units" not in result:
             raise ValueError(f"Not a dask-whisk result envelope: {sorted(result)}")
-        return cls([UnitResult(u["outputs"], u.get("stats", {})) for u in result["units"]],
-                   result.get("stats", {}))
+        return cls([UnitResult(u["outputs"], u.get("stats", {}), u.get("warnings", []))
+                    for u in result["units"]], result.get("stats", {}))
+
+
+def warning_entry(caught: warnings.WarningMessage) -> list:
+    """How a warning raised in an activation travels: [category path, message, file, line]."""
+    category = caught.category
+    return [f"{category.__module__}.{category.__qualname__}", str(caught.message),
+            caught.filename, caught.lineno]
+
+
+def warning_category(path: str) -> type[Warning]:
+    """The warning class a :func:`warning_entry` names, or UserWarning if it cannot be imported."""
+    module, _, name = path.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return UserWarning
+    return found if isinstance(found, type) and issubclass(found, Warning) else UserWarning
 
 
 def error_envelope(exc: BaseException, key: Hashable, mac_key: bytes,

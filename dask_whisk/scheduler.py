@@ -365,3 +365,4 @@ def _finish(job: Job, batch: list[Unit], activation_id: str, graph: Mapping, sta
                 f(key, None, graph, state, activation_id)
     if released:
         job.release_soon(released)
+    job.raise_warnings()

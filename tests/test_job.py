@@ -151,6 +151,33 @@ def test_a_failed_release_is_logged_not_dropped(local_store_root, caplog):
     assert not list(local_store_root.iterdir())  # teardown removed what the release could not
 
 
+# --- warnings ---------------------------------------------------------------------------------
+
+
+def test_warnings_raised_in_activations_reach_the_caller_once_each(local_store_root):
+    """As with scheduler="sync": numpy's RuntimeWarning and a UserWarning from three tasks are
+    raised again at compute, each distinct one once per job, and a filter turning them into
+    errors makes the compute fail with the warning."""
+    import warnings
+
+    def noisy(i):
+        warnings.warn("careful with zeros", UserWarning)
+        return float(np.log(np.zeros(1))[0])
+
+    parts = [dask.delayed(noisy)(i) for i in range(3)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert dask.compute(parts, scheduler=whisk_get) == ([-np.inf] * 3,)
+    seen = [(w.category, str(w.message)) for w in caught if w.category is not ResourceWarning]
+    assert sorted(seen, key=str) == sorted([(UserWarning, "careful with zeros"),
+                                            (RuntimeWarning, "divide by zero encountered in log")], key=str)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with pytest.raises(UserWarning, match="careful with zeros"):
+            dask.compute(parts, scheduler=whisk_get)
+    assert not list(local_store_root.iterdir())
+
+
 # --- retries ----------------------------------------------------------------------------------
 
 

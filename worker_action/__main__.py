@@ -18,6 +18,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import platform
 import resource
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -34,6 +35,9 @@ _io_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dask-whisk-io")
 #: pickle, so a warm container may keep them from unit to unit and from job to job
 _functions: dict[str, Any] = {}
 FUNCTION_CACHE = 256
+#: distinct warnings a unit reports at most (a loop warning with a new message each time
+#: must not fill the result)
+MAX_WARNINGS = 20
 #: files whose frames start every task's traceback: left out of the traceback users see
 _MACHINERY = (__file__, _task_spec.__file__)
 
@@ -62,15 +66,19 @@ def _function_loader(store: WorkerStore, mac_key: bytes):
     return load
 
 
-def _execute(spec: protocol.UnitSpec, inputs: dict) -> list[Any]:
-    """Run the unit's tasks in their given (dependency-respecting) order; return its outputs."""
+def _execute(spec: protocol.UnitSpec, inputs: dict) -> tuple[list[Any], list[list]]:
+    """Run the unit's tasks in their given (dependency-respecting) order; return its outputs
+    and the distinct warnings they raised (the client shows each once per job)."""
     cache = dict(inputs)
-    for key, node in spec.tasks.items():
-        try:
-            cache[key] = node(cache)
-        except Exception as exc:
-            raise _TaskFailed(key, exc) from exc
-    return [cache[key] for key in spec.outputs]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for key, node in spec.tasks.items():
+            try:
+                cache[key] = node(cache)
+            except Exception as exc:
+                raise _TaskFailed(key, exc) from exc
+    distinct = list(dict.fromkeys(tuple(protocol.warning_entry(w)) for w in caught))
+    return [cache[key] for key in spec.outputs], [list(w) for w in distinct[:MAX_WARNINGS]]
 
 
 class _Placer:
@@ -182,7 +190,7 @@ def main(args: dict[str, Any]) -> dict[str, Any]:
             return protocol.error_envelope(exc, call.unit, inv.mac_key)
         decoded = time.perf_counter()
         try:
-            values = _execute(spec, inputs)
+            values, raised = _execute(spec, inputs)
         except _TaskFailed as failed:
             return protocol.error_envelope(failed.exc, failed.key, inv.mac_key, skip_files=_MACHINERY)
         del inputs
@@ -195,7 +203,7 @@ def main(args: dict[str, Any]) -> dict[str, Any]:
             "store_s": time.perf_counter() - computed,
             "bytes_in": sum(memoryview(f).nbytes for f in input_frames),
             "bytes_out": bytes_out,
-        }))
+        }, raised))
         del input_frames, spec_frame
     finishing = time.perf_counter()
     placer.finish()
