@@ -153,6 +153,8 @@ def keystone_swift() -> Iterator[KeystoneEnv]:
     directory = Path(tempfile.mkdtemp(prefix="dask-whisk-test-keystone-",
                                       dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None))
     port, proxy_port = saio.free_port(), saio.free_port()
+    while proxy_port == port:  # the OS may hand the same free port out twice
+        proxy_port = saio.free_port()
     url = f"http://127.0.0.1:{port}"
     admin_password = "adm-" + os.urandom(8).hex()
     conf = directory / "keystone.conf"

@@ -109,3 +109,14 @@ def test_token_life_must_be_positive(tmp_path: Path):
         saio.start(tmp_path / "saio", token_life=0)
     result = cli("start", "--dir", str(tmp_path / "saio"), "--token-life", "0")
     assert result.returncode == 1 and "at least 1 second" in result.stderr
+
+
+def test_each_server_gets_a_port_of_its_own(monkeypatch):
+    """Swift binds with SO_REUSEPORT: a port drawn twice would be shared by two servers (a
+    container listing answered by the account server came back as a 400 in CI)."""
+    requested = saio.free_port()
+    drawn = iter([requested, requested, 40001, 40001, 40002, 40003])
+    monkeypatch.setattr(saio, "free_port", lambda: next(drawn))
+    monkeypatch.setattr(saio, "_port_free", lambda port: port == requested)  # usual ones busy
+    ports = saio._choose_ports(requested, {})
+    assert ports["proxy"] == requested and len(set(ports.values())) == 4

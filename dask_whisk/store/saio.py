@@ -277,22 +277,30 @@ def free_port() -> int:
 
 
 def _choose_ports(proxy_port: int | None, previous: dict[str, int]) -> dict[str, int]:
-    """The requested proxy port (must be free), else the previous or usual ports if free."""
+    """The requested proxy port (must be free), else the previous or usual ports if free.
+
+    Every server gets a port of its own: Swift listens with SO_REUSEPORT, so two servers given
+    the same port would both bind it and the kernel would share requests between them.
+    """
     chosen: dict[str, int] = {}
+    if proxy_port:
+        if not _port_free(proxy_port):
+            raise SaioError(f"Port {proxy_port} is in use: pass another --port, or none "
+                            "to pick a free one")
+        chosen["proxy"] = proxy_port
     for name, (_, usual) in SERVERS.items():
-        if name == "proxy" and proxy_port:
-            if not _port_free(proxy_port):
-                raise SaioError(f"Port {proxy_port} is in use: pass another --port, or none "
-                                "to pick a free one")
-            chosen[name] = proxy_port
+        if name in chosen:
             continue
         for candidate in (previous.get(name), usual):
             if candidate and candidate not in chosen.values() and _port_free(candidate):
                 chosen[name] = candidate
                 break
         else:
-            chosen[name] = free_port()
-    return chosen
+            candidate = free_port()
+            while candidate in chosen.values():  # the OS may hand back a port it gave before
+                candidate = free_port()
+            chosen[name] = candidate
+    return {name: chosen[name] for name in SERVERS}
 
 
 def _alive(pid: int, marker: str) -> bool:
