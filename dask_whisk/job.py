@@ -13,12 +13,14 @@ import json
 import logging
 import random
 import secrets
+import threading
 import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import dask.config
+from dask.utils import key_split
 
 from . import protocol
 from .backend import Backend
@@ -49,6 +51,12 @@ def retryable(record: dict[str, Any] | None) -> bool:
     if "exhausted its memory" in error or "time limit" in error:
         return False
     return status in ("whisk internal error", "action developer error", "application error")
+
+
+def task_kinds(unit: Unit) -> set[tuple[str, int]]:
+    """The kinds of task in ``unit``: name prefix and function. Chunks of one array operation
+    share both, so serialising one of them shows whether all of them can be."""
+    return {(key_split(key), id(getattr(node, "func", None))) for key, node in unit.tasks.items()}
 
 
 class ActivationError(RuntimeError):
@@ -106,26 +114,71 @@ class Job:
         #: raise again (appended on the event loop, taken by the scheduler: a deque is safe)
         self.warnings: collections.deque[tuple] = collections.deque()
         self._warned: set[tuple] = set()
+        self._shared = protocol.SharedFunctions()
+        self._encoded = threading.Condition()
+        self._encode_error: BaseException | None = None
+        self._encoder: threading.Thread | None = None
+        self._counting = threading.Lock()
         self.report = JobReport(**{k: v for k, v in plan.summary().items() if k in
                                    ("tasks", "units", "critical_path_units")})
 
     # --- before the first invoke (client thread) -------------------------------------------
 
     def prepare(self) -> None:
-        """Serialise every unit and every client-held value; fail here, before any invoke."""
+        """Serialise the client-held values and, of each kind of task, the first unit, so that
+        what cannot be pickled fails here, before any invoke; the other units are serialised in
+        dispatch order by a thread of their own while the first ones run (see :meth:`wait_specs`)."""
         for key, value in self.plan.data.items():
-            self.refs[key] = self._place(protocol.object_name(key), self._encode(value, f"value of {key!r}"))
-            self.report.add_ref(self.refs[key])
-        shared = protocol.SharedFunctions()
-        for unit in self.plan.units.values():
-            spec = protocol.UnitSpec(tasks=unit.tasks, inputs=unit.inputs, outputs=unit.outputs)
-            what = f"task {next(iter(unit.tasks))!r}"
-            self.specs[unit.name] = self._place(f"spec-{unit.name}", self._encode(spec, what, shared),
-                                                inline_limit=protocol.INLINE_TOTAL_BYTES // 2)
-            self.report.add_ref(self.specs[unit.name])
-        for name, payload in shared.new.items():  # each shared function once, before any spec is read
-            frame = protocol.seal(protocol.encode(payload, self.mac_key), self.mac_key, name)
-            self.report.add_ref(protocol.stored_ref(name, self.store.put(name, frame)))
+            self.refs[key] = self._count(self._place(protocol.object_name(key),
+                                                     self._encode(value, f"value of {key!r}")))
+        in_order = sorted(self.plan.units.values(), key=lambda u: u.priority)
+        seen: set[tuple[str, int]] = set()
+        for unit in in_order:
+            if not (kinds := task_kinds(unit)) <= seen:
+                seen |= kinds
+                self.specs[unit.name] = self._spec(unit)
+        self._encoder = threading.Thread(target=self._encode_rest, args=(in_order,), daemon=True,
+                                         name=f"dask-whisk-encode-{self.id}")
+        self._encoder.start()
+
+    def _spec(self, unit: Unit) -> dict[str, Any]:
+        """Serialise and place ``unit``'s spec, and store the shared functions it is the first to use."""
+        spec = protocol.UnitSpec(tasks=unit.tasks, inputs=unit.inputs, outputs=unit.outputs)
+        frame = self._encode(spec, f"task {next(iter(unit.tasks))!r}", self._shared)
+        for name in list(self._shared.new):  # stored before any spec naming it can be read
+            payload = self._shared.new.pop(name)
+            sealed = protocol.seal(protocol.encode(payload, self.mac_key), self.mac_key, name)
+            self._count(protocol.stored_ref(name, self.store.put(name, sealed)))
+        return self._count(self._place(f"spec-{unit.name}", frame,
+                                       inline_limit=protocol.INLINE_TOTAL_BYTES // 2))
+
+    def _encode_rest(self, in_order: list[Unit]) -> None:
+        try:
+            for unit in in_order:
+                if self.closed:
+                    return
+                if unit.name not in self.specs:
+                    ref = self._spec(unit)
+                    with self._encoded:
+                        self.specs[unit.name] = ref
+                        self._encoded.notify_all()
+        except BaseException as exc:  # noqa: BLE001  (raised in the scheduler's thread)
+            with self._encoded:
+                self._encode_error = exc
+                self._encoded.notify_all()
+
+    def wait_specs(self, units: list[Unit]) -> None:
+        """Block until ``units``' specs are serialised; raise the error that stopped serialising."""
+        with self._encoded:
+            self._encoded.wait_for(lambda: self._encode_error is not None
+                                   or all(u.name in self.specs for u in units))
+            if not all(u.name in self.specs for u in units):
+                raise self._encode_error
+
+    def _count(self, ref: dict[str, Any]) -> dict[str, Any]:
+        with self._counting:  # the encoder, the event loop and this thread all count
+            self.report.add_ref(ref)
+        return ref
 
     def _encode(self, value: Any, what: str, shared: protocol.SharedFunctions | None = None) -> protocol.Frame:
         try:
@@ -262,8 +315,7 @@ class Job:
         self.done.update(u.name for u in units)
         for unit, result in zip(units, batch.units, strict=True):
             for key, ref in zip(unit.outputs, result.outputs, strict=True):
-                self.refs[key] = ref
-                self.report.add_ref(ref)
+                self.refs[key] = self._count(ref)
                 if "offset" in ref:
                     self.bundle_members[ref["stored"]] += 1
             self.stats[unit.name] = result.stats
@@ -271,7 +323,8 @@ class Job:
                 if entry not in self._warned:
                     self._warned.add(entry)
                     self.warnings.append(entry)
-        self.report.add_activation(batch.stats, [u.stats for u in batch.units])
+        with self._counting:
+            self.report.add_activation(batch.stats, [u.stats for u in batch.units])
 
     def raise_warnings(self) -> None:
         """Raise again, in the calling thread, the warnings activations reported since last
@@ -381,6 +434,8 @@ class Job:
     def close(self) -> None:
         """Delete everything the job stored; called on success and on failure."""
         self.closed = True  # a release not yet started does nothing: the teardown deletes all
+        if self._encoder is not None:
+            self._encoder.join()  # it stops after the unit it is serialising
         for pending in self._releases:
             pending.cancel()
         # those already running cannot be cancelled: let them end before the job's objects go,

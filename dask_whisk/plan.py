@@ -98,7 +98,10 @@ class Plan:
 
 
 def as_task_graph(graph: Mapping) -> dict[Key, GraphNode]:
-    """Any Dask graph (legacy tuples or task spec) as ``{key: GraphNode}``, via Dask's converter."""
+    """Any Dask graph (legacy tuples or task spec) as ``{key: GraphNode}``, via Dask's converter
+    (skipped when every node is one already: converting walks every task again)."""
+    if all(isinstance(node, GraphNode) for node in graph.values()):
+        return {k: node for k, node in graph.items() if not (isinstance(node, Alias) and node.target == k)}
     return convert_legacy_graph(dict(graph))
 
 

@@ -93,8 +93,10 @@ class SharedFunctions:
 
     def __init__(self) -> None:
         self._seen: dict[int, tuple[Any, str | None]] = {}  # id -> (the function, its name)
-        #: name -> pickled function, for the caller to store before any spec using it is read
+        #: name -> pickled function, for the caller to store (and take out of here) before any
+        #: spec using it is read; a name appears here once however many copies pickle to it
         self.new: dict[str, bytes] = {}
+        self._names: set[str] = set()
 
     def name_of(self, function: Any) -> str | None:
         """The store name of ``function``'s shared copy, or None to pickle it in place."""
@@ -104,7 +106,9 @@ class SharedFunctions:
             name = None
             if len(payload) >= self.MIN_BYTES:
                 name = "f-" + hashlib.sha256(payload).hexdigest()[:40]
-                self.new[name] = payload
+                if name not in self._names:
+                    self._names.add(name)
+                    self.new[name] = payload
             seen = self._seen[id(function)] = (function, name)  # holds it: its id stays its own
         return seen[1]
 

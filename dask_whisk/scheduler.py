@@ -285,6 +285,7 @@ def _run(job: Job, graph: Mapping, wanted: list[Key], state: dict[str, Any], pre
                 size = batcher.size(first, len(ready) + 1 + units_in_flight)
                 while ready and len(batch) < size and batcher.batchable(plan.units[ready[0][1]]):
                     batch.append(plan.units[heapq.heappop(ready)[1]])
+                job.wait_specs(batch)
                 for unit in batch:
                     mark(state, unit.keys, "running")
                     for key in unit.keys:

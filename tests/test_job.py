@@ -5,6 +5,7 @@ units that outlast OpenWhisk's blocking wait."""
 from __future__ import annotations
 
 import logging
+import operator
 import time
 
 import dask
@@ -15,7 +16,7 @@ from dask.diagnostics import Callback
 import dask_whisk
 from dask_whisk import backend, whisk_get
 from dask_whisk.job import ActivationError
-from dask_whisk.protocol import TamperedObject
+from dask_whisk.protocol import SerializationError, TamperedObject
 from dask_whisk.server import FaultSettings
 
 from _server_fixtures import whisk_on
@@ -128,6 +129,49 @@ def test_a_function_shared_by_many_units_is_stored_once(local_store_root):
     report = dask_whisk.last_report()
     assert len(seen[0]) == 1, seen
     assert report.bytes_inline + report.bytes_stored < 300 * 16_000 / 4, report.summary()
+
+
+class Counted:
+    """A task argument that counts how many times the client pickled one (and can refuse to)."""
+
+    pickled = 0
+
+    def __init__(self, value: int, refuse: bool = False):
+        self.value, self.refuse = value, refuse
+
+    def __reduce__(self):
+        if self.refuse:
+            raise TypeError(f"argument {self.value} refuses to be pickled")
+        Counted.pickled += 1
+        return int, (self.value,)
+
+
+def test_units_are_serialised_while_the_first_ones_run(local_store_root):
+    """2,000 units of one kind: the first goes out once it (not all 2,000) is serialised."""
+    n = 2_000
+    graph = {("t", i): (operator.add, i, Counted(i)) for i in range(n)}
+    at_first_invoke = []
+
+    def pretask(key, dsk, state):
+        if not at_first_invoke:
+            at_first_invoke.append(Counted.pickled)
+
+    Counted.pickled = 0
+    with dask.config.set(PER_UNIT), Callback(pretask=pretask):
+        assert whisk_get(graph, list(graph)) == tuple(2 * i for i in range(n))
+    assert Counted.pickled == n
+    assert 1 <= at_first_invoke[0] < n // 2, at_first_invoke
+
+
+def test_a_unit_that_fails_to_serialise_after_the_first_invoke_fails_the_job(local_store_root):
+    """The last of 500 units of one kind cannot be pickled: it is found while the others run,
+    and the job fails with the serialisation error, the store left empty."""
+    n = 500
+    graph = {("t", i): (operator.add, i, Counted(i, refuse=i == n - 1)) for i in range(n)}
+    with dask.config.set(PER_UNIT):
+        with pytest.raises(SerializationError, match="argument 499 refuses to be pickled"):
+            whisk_get(graph, list(graph))
+    assert not list(local_store_root.iterdir())
 
 
 def test_a_failed_release_is_logged_not_dropped(local_store_root, caplog):
@@ -264,8 +308,9 @@ def test_a_stored_object_swapped_for_another_is_refused(local_store_root):
     dask.compute(a, b, scheduler=whisk_get)  # backend up, action deployed
     swapped = []
 
-    def pretask(key, dsk, state):  # after the job stored the specs, before the invoke
+    def pretask(key, dsk, state):  # before the first invoke; the second spec may be on its way
         if not swapped:
+            assert wait_until(lambda: len(job_files(local_store_root, "spec-")) == 2)
             x, y = job_files(local_store_root, "spec-")
             x_bytes, y_bytes = x.read_bytes(), y.read_bytes()
             x.write_bytes(y_bytes)
