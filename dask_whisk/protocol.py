@@ -437,6 +437,16 @@ def warning_category(path: str) -> type[Warning]:
     return found if isinstance(found, type) and issubclass(found, Warning) else UserWarning
 
 
+def missing_module_advice(exc: ImportError) -> str:
+    """What to do when a task's function or value needs a module the action cannot import."""
+    module = getattr(exc, "name", None) or "the module"
+    return (f"The worker action cannot import {module!r}, which a task's function or data "
+            "refers to. Functions from your own modules are pickled by reference: ship them by "
+            f"value with cloudpickle.register_pickle_by_value({module.split('.')[0]}) before "
+            "computing, or deploy an image that has it (`dask-whisk deploy --image`, from "
+            "worker_action/Dockerfile).")
+
+
 def error_envelope(exc: BaseException, key: Hashable, mac_key: bytes,
                    skip_files: tuple[str, ...] = ()) -> dict[str, Any]:
     """The ``{"error": ...}`` result for an exception raised by user code in task ``key``.

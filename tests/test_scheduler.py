@@ -5,6 +5,7 @@ import asyncio
 import threading
 import time
 
+import cloudpickle
 import dask
 import dask.array as da
 import dask.bag as db
@@ -173,6 +174,23 @@ def test_user_error_keeps_type_and_remote_traceback(store):
     notes = "\n".join(getattr(info.value, "__notes__", []))
     assert "Remote traceback" in notes and "in fail" in notes
     assert "_execute" not in notes and "_task_spec" not in notes, "worker frames shown to the user"
+
+
+def test_a_function_from_a_module_the_action_lacks_says_how_to_ship_it(store, tmp_path, monkeypatch):
+    """The user's own module is importable here, not in the action: the ModuleNotFoundError
+    arrives with its type and the way out, not as an opaque activation failure."""
+    (tmp_path / "my_helpers.py").write_text("def triple(v):\n    return 3 * v\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import my_helpers
+
+    with pytest.raises(ModuleNotFoundError, match="my_helpers") as info:
+        dask.delayed(my_helpers.triple)(2).compute(scheduler=whisk_get)
+    assert "cloudpickle.register_pickle_by_value(my_helpers)" in "\n".join(info.value.__notes__)
+    cloudpickle.register_pickle_by_value(my_helpers)
+    try:
+        assert dask.delayed(my_helpers.triple)(2).compute(scheduler=whisk_get) == 6
+    finally:
+        cloudpickle.unregister_pickle_by_value(my_helpers)
 
 
 def activations_count() -> int:

@@ -188,6 +188,9 @@ def main(args: dict[str, Any]) -> dict[str, Any]:
                       for key, f, ref in zip(spec.inputs, input_frames, call.inputs, strict=True)}
         except protocol.TamperedObject as exc:
             return protocol.error_envelope(exc, call.unit, inv.mac_key)
+        except ImportError as exc:  # a module the client has and the action does not
+            exc.add_note(protocol.missing_module_advice(exc))
+            return protocol.error_envelope(exc, call.unit, inv.mac_key)
         decoded = time.perf_counter()
         try:
             values, raised = _execute(spec, inputs)
