@@ -22,10 +22,18 @@ def whisk_get(dsk: Mapping | Any, keys: Sequence | Any, **kwargs: Any) -> Any:
 
 
 def last_report() -> Any:
-    """The :class:`~dask_whisk.report.JobReport` of the last ``whisk_get`` job (None before any)."""
-    from .report import last_report
+    """The :class:`~dask_whisk.diagnostics.JobReport` of the last ``whisk_get`` job (None before any)."""
+    from .diagnostics import last_report
 
     return last_report()
+
+
+def report() -> Any:
+    """``with dask_whisk.report() as r: dask.compute(...)``: ``r`` is then the
+    :class:`~dask_whisk.diagnostics.JobReport` of the jobs the block ran, combined."""
+    from .diagnostics import report
+
+    return report()
 
 
 def _register() -> None:
@@ -39,4 +47,4 @@ def _register() -> None:
 
 _register()
 
-__all__ = ["whisk_get", "last_report", "__version__"]
+__all__ = ["whisk_get", "last_report", "report", "__version__"]

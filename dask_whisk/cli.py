@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "clean": ("dask_whisk.store.clean", "delete job objects a killed client left in the store"),
     "deploy": ("dask_whisk.deploy", "build the worker action and create or update it on OpenWhisk"),
     "doctor": ("dask_whisk.doctor", "check an OpenWhisk and Swift configuration end to end"),
+    "report": ("dask_whisk.diagnostics", "print a saved job report and draw its timeline (--png)"),
 }
 
 

@@ -8,12 +8,14 @@ through dask's environment mapping), the activation environment (``__OW_API_HOST
 (``$WSK_CONFIG_FILE`` or ``~/.wskprops``). Nothing configured at all means "use the embedded local
 server"; half a configuration is an error that says where we looked.
 
-The package's dask config defaults live under ``whisk:`` (see :data:`DEFAULTS`), registered with
-``dask.config.update_defaults`` when this module is imported.
+The package's dask config defaults live under ``whisk:`` (see :data:`SETTINGS`), registered with
+``dask.config.update_defaults`` when this module is imported; :func:`reference` is the README's
+table of them.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import uuid
@@ -25,36 +27,85 @@ from urllib.parse import quote, urlsplit
 
 import dask.config
 
-#: dask config defaults for the ``whisk`` section (kebab-case keys, as dask does)
-DEFAULTS: dict[str, Any] = {
-    "whisk": {
-        "apihost": None,  # OpenWhisk API host, e.g. https://openwhisk.example.org or 127.0.0.1:3233
-        "auth": None,  # API key "uuid:key"
-        "namespace": None,  # namespace; None means "_", the caller's own
-        "insecure": False,  # skip TLS certificate verification (self-signed deployments)
-        "store": "local",  # where job data goes: "local" (a directory) or "swift"
-        "action": "dask-whisk-worker",  # name of the worker action
-        "action-memory": None,  # MB for the worker action whisk_get deploys; None: 512 in range
-        "action-timeout": None,  # ms for the worker action whisk_get deploys; None: 300000 in range
-        "max-in-flight": None,  # cap on concurrent activations; None: the namespace's limit
-        "parallelism": None,  # activations that run at once, for fusion and batching; None: the
-        # namespace's concurrency (embedded server: the containers its memory pool holds)
-        "backups": True,  # launch a backup copy of a straggling activation; the first result wins
-        "retries": 2,  # extra attempts of a unit after a platform failure (not after user errors)
-        "fuse": True,  # group tasks into units (False: one task per activation, for comparison)
-        "fuse-large-bytes": 2097152,  # an output this large pulls its consumers into its unit
-        "unit-target-seconds": 0.5,  # batch small ready units into activations of about this long
-        "batch-max-units": 256,  # at most this many units share one activation
-        "client": {
-            "connection-limit": None,  # open HTTP connections; None: from the open-files limit
-            "retry-attempts": 12,  # attempts per request while OpenWhisk answers 429 or 503
-            "retry-max-seconds": 120,  # total time a request may spend in 429/503 backoff
-            "run-timeout": 900,  # seconds run() waits for an activation record before giving up
-        },
-    }
+#: every ``whisk.*`` dask config key under its dotted name (kebab-case, as dask does): default
+#: and meaning. The defaults below and the README's configuration reference are made from it.
+SETTINGS: dict[str, tuple[Any, str]] = {
+    "apihost": (None, "OpenWhisk API host, e.g. `https://openwhisk.example.org` or `127.0.0.1:3233`; "
+                      "unset (with `auth`): the embedded local server"),
+    "auth": (None, "OpenWhisk API key `uuid:key`"),
+    "namespace": (None, "OpenWhisk namespace; unset: `_`, the caller's own"),
+    "insecure": (False, "skip TLS certificate verification (self-signed deployments)"),
+    "store": ("local", "where job data goes: `local` (a directory) or `swift`"),
+    "local.root": (None, "the local store's directory; unset: `dask-whisk-store` in the temp dir "
+                           "(created private to you, refused if another user owns it)"),
+    "action": ("dask-whisk-worker", "name of the worker action"),
+    "action-memory": (None, "MB of the worker action `whisk_get` deploys when it is missing; unset: "
+                            "512, within the namespace's range"),
+    "action-timeout": (None, "ms of the worker action `whisk_get` deploys; unset: 300000, within range"),
+    "max-in-flight": (None, "cap on concurrent activations; unset: the namespace's limit (at most "
+                            "twice `parallelism`)"),
+    "parallelism": (None, "activations that really run at once, for fusion, batching and straggler "
+                          "detection; unset: the namespace's limit (embedded server: the containers "
+                          "its memory holds)"),
+    "backups": (True, "launch a backup copy of a straggling activation; the first result wins"),
+    "retries": (2, "extra attempts of a unit after a platform failure (never after your own "
+                   "exceptions: `dask.annotate(retries=N)` for those)"),
+    "fuse": (True, "group tasks into units (false: one task per activation, for comparison)"),
+    "fuse-large-bytes": (2097152, "an output this large (bytes) pulls its consumers into its unit"),
+    "unit-target-seconds": (0.5, "batch small ready units into activations of about this long"),
+    "batch-max-units": (256, "at most this many units share one activation"),
+    "cost.gb-second": (0.0000166667, "USD per GB-second a job report prices activations at (AWS "
+                                     "Lambda x86, first tier, us-east-1, aws.amazon.com/lambda/pricing)"),
+    "cost.million-requests": (0.20, "USD per million invocations (same source)"),
+    "cost.vm-gb-hour": (0.012, "USD per GB-hour of an always-on VM, for the report's comparison (AWS "
+                               "m5.large on demand, us-east-1: $0.096 an hour for 8 GB)"),
+    "client.connection-limit": (None, "open HTTP connections; unset: from the open-files limit"),
+    "client.retry-attempts": (12, "attempts per request while OpenWhisk answers 429 or 503"),
+    "client.retry-max-seconds": (120, "total seconds a request may spend in 429/503 backoff"),
+    "client.run-timeout": (900, "seconds `run()` waits for an activation record before giving up"),
 }
 
+
+def _nested(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1}`` as ``{"a": {"b": 1}}``."""
+    tree: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = value
+    return tree
+
+
+#: dask config defaults for the ``whisk`` section
+DEFAULTS: dict[str, Any] = {"whisk": _nested({k: default for k, (default, _) in SETTINGS.items()})}
+
 dask.config.update_defaults(DEFAULTS)
+
+
+
+def _cell(value: Any) -> str:
+    return "unset" if value is None else f"`{json.dumps(value)}`"
+
+
+def _env(dotted: str) -> str:
+    return "DASK_WHISK__" + "__".join(part.upper().replace("-", "_") for part in dotted.split("."))
+
+
+def reference() -> str:
+    """The README's configuration reference: every ``whisk.*`` key, its environment variable,
+    default and meaning, made from :data:`SETTINGS` and the Swift store's settings."""
+    from .store.swift_settings import _DEFAULTS as SWIFT_DEFAULTS, _SOURCES as SWIFT_SOURCES, MEANINGS
+
+    lines = ["| dask config key | environment | default | meaning |", "|---|---|---|---|"]
+    for dotted, (default, meaning) in SETTINGS.items():
+        lines.append(f"| `whisk.{dotted}` | `{_env(dotted)}` | {_cell(default)} | {meaning} |")
+    for key, sources in SWIFT_SOURCES.items():
+        env = ", ".join(f"`{name}`" for name in (_env(f"swift.{key}"), *sources))
+        lines.append(f"| `whisk.swift.{key}` | {env} | {_cell(SWIFT_DEFAULTS.get(key))} | {MEANINGS[key]} |")
+    return "\n".join(lines)
+
 
 _UNSET_HINT = (
     "Set both the API host and the API key in one of: arguments apihost=/auth=; dask config "

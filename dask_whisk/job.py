@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import logging
 import random
 import secrets
 import threading
+import time
 import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from collections.abc import Hashable, Iterable, Iterator, Mapping
@@ -26,7 +28,7 @@ from . import protocol
 from .backend import Backend
 from .openwhisk import WhiskConnectionError, WhiskServerError, WhiskTimeout
 from .plan import Plan, Unit
-from .report import JobReport
+from .diagnostics import new_report
 from .store import new_job_id, open_job_store
 
 Key = Hashable
@@ -119,8 +121,8 @@ class Job:
         self._encode_error: BaseException | None = None
         self._encoder: threading.Thread | None = None
         self._counting = threading.Lock()
-        self.report = JobReport(**{k: v for k, v in plan.summary().items() if k in
-                                   ("tasks", "units", "critical_path_units")})
+        self.report = new_report(memory_mb=backend.memory_mb, **{
+            k: v for k, v in plan.summary().items() if k in ("tasks", "units", "critical_path_units")})
 
     # --- before the first invoke (client thread) -------------------------------------------
 
@@ -231,10 +233,11 @@ class Job:
                                   manifest=protocol.stored_ref(name, nbytes))
         return inv.to_json(), [name]
 
-    async def run_units(self, units: list[Unit]) -> Ran:
+    async def run_units(self, units: list[Unit], backup: bool = False) -> Ran:
         """Run independent ``units`` in one activation, retrying platform failures (and user
         exceptions in tasks annotated with ``retries``) with a fresh attempt (fresh output names)
         each time; record their outputs unless another copy of the same units (a backup) did first.
+        Every attempt is logged in the job's report.
 
         Raises the user's exception (rebuilt), :class:`ActivationError` or :class:`UnitTooLarge`.
         """
@@ -247,10 +250,14 @@ class Job:
             written = [name for c in calls for name in c.outputs]
             written.append(protocol.result_name(calls[0].unit, calls[0].attempt))
             record: dict[str, Any] | None = None
+            log = functools.partial(self._log, units, calls[0].attempt, backup, time.time())
             try:
                 record = await self.backend.client.run(self.backend.action, params)
             except (WhiskConnectionError, WhiskTimeout, WhiskServerError) as exc:
                 failure: BaseException = exc
+            except asyncio.CancelledError:  # another copy won; this one's record never comes
+                log(None, "cancelled")
+                raise
             finally:
                 await self._forget(manifest)
             if record is not None:
@@ -258,9 +265,12 @@ class Job:
                 result = response.get("result") or {}
                 if response.get("status") == "success":
                     batch = protocol.BatchResult.from_json(await self._read_back(result))
+                    stats = {**batch.stats, "units": [u.stats for u in batch.units]}
                     if all(u.name in self.done for u in units):
+                        log(record, "superseded", stats)
                         await self._forget(written)  # a backup copy won: its outputs are the ones read
                     else:
+                        log(record, "success", stats)
                         self._record(units, batch)
                     return Ran(record["activationId"],
                                float(batch.stats.get("duration_s", record.get("duration", 0) / 1000)))
@@ -268,6 +278,7 @@ class Job:
                 if protocol.is_error_envelope(result):
                     failure = protocol.exception_from_error(result["error"], self.mac_key)
                     if attempt >= user_attempts:
+                        log(record, "failed")
                         raise failure
                     logger.info("task %s raised %s; retrying it as annotated (attempt %d of %d)",
                                 result["error"].get("key"), type(failure).__name__, attempt + 1,
@@ -279,10 +290,19 @@ class Job:
             user_error = record is not None and protocol.is_error_envelope(
                 record.get("response", {}).get("result") or {})
             if not user_error and (attempt >= attempts or not retryable(record)):
+                log(record, "failed" if record is not None else "lost")
                 raise failure
+            log(record, "retried" if record is not None else "lost")
             self.report.retries += 1
             await asyncio.sleep(random.uniform(0.5, 1.0) * min(RETRY_BACKOFF_MAX, RETRY_BACKOFF * 2 ** attempt))
         raise AssertionError("unreachable")
+
+    def _log(self, units: list[Unit], attempt: int, backup: bool, submitted: float,
+             record: dict[str, Any] | None, outcome: str, stats: dict[str, Any] | None = None) -> None:
+        with self._counting:
+            self.report.add_attempt(record, submitted=submitted, units=len(units),
+                                    kind=key_split(units[0].keys[-1]), attempt=attempt,
+                                    backup=backup, outcome=outcome, stats=stats)
 
     async def _read_back(self, result: dict[str, Any]) -> dict[str, Any]:
         """The result envelope itself, read from the store (and deleted) if it was stored."""
@@ -323,8 +343,6 @@ class Job:
                 if entry not in self._warned:
                     self._warned.add(entry)
                     self.warnings.append(entry)
-        with self._counting:
-            self.report.add_activation(batch.stats, [u.stats for u in batch.units])
 
     def raise_warnings(self) -> None:
         """Raise again, in the calling thread, the warnings activations reported since last

@@ -29,7 +29,7 @@ from .callback_state import callback_state, mark
 from .fuse import FuseSettings
 from .job import Job
 from .plan import Unit, annotated, array_layouts, as_task_graph, build_plan, flat_keys, known_sizes
-from .report import record
+from .diagnostics import record
 
 Key = Hashable
 logger = logging.getLogger(__name__)
@@ -269,7 +269,8 @@ def _run(job: Job, graph: Mapping, wanted: list[Key], state: dict[str, Any], pre
 
     def launch(fid: int) -> None:
         nonlocal in_flight
-        future = job.backend.io.submit(job.run_units(flights[fid].batch))
+        backup = bool(flights[fid].futures)  # a copy of a batch already in flight
+        future = job.backend.io.submit(job.run_units(flights[fid].batch, backup))
         flights[fid].futures.append(future)
         slots.launch(future, time.monotonic())
         in_flight += 1

@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import dask.config
 import pytest
@@ -16,7 +18,9 @@ from dask_whisk.config import (
     WhiskConfigError,
     find_whisk_config,
     load_whisk_config,
+    SETTINGS,
     read_wskprops,
+    reference,
     setting,
 )
 
@@ -210,3 +214,33 @@ def test_connection_limit_is_capped_at_ten_thousand(monkeypatch):
     unlimited = config.resource.RLIM_INFINITY
     monkeypatch.setattr(config.resource, "getrlimit", lambda _: (unlimited, unlimited))
     assert ClientSettings.from_dask_config().connection_limit == 10_000
+
+
+def test_the_readme_configuration_reference_is_the_codes():
+    """The README's table is what ``config.reference()`` makes from the defaults, and every
+    ``whisk.*`` key the code reads is in it (a key added without a row fails here)."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    begin, end = "<!-- config-reference:begin -->\n", "\n<!-- config-reference:end -->"
+    assert begin in readme and end in readme, "the README has no configuration reference block"
+    table = readme.split(begin, 1)[1].split(end, 1)[0]
+    assert table == reference(), "README out of date: paste `python -c 'from dask_whisk.config " \
+                                 "import reference; print(reference())'` between its markers"
+    source = "".join(p.read_text() for p in (Path(__file__).parent.parent / "dask_whisk").rglob("*.py"))
+    read = set(re.findall(r'config\.get\(\s*"whisk\.([a-z0-9.-]+)"', source)) - {"swift"}
+    assert read and read <= set(SETTINGS), read - set(SETTINGS)
+    for dotted, (default, _) in SETTINGS.items():
+        assert dask.config.get(f"whisk.{dotted}") == default, dotted
+
+
+def test_swift_keys_from_dasks_environment_mapping_reach_the_store(tmp_path):
+    """DASK_WHISK__SWIFT__WORKER_AUTH arrives in dask's config as 'worker_auth'; the Swift
+    settings still see it (they used to look for 'worker-auth' only)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ST_", "OS_", "DASK_"))}
+    env.update(HOME=str(tmp_path), DASK_WHISK__SWIFT__WORKER_AUTH="token",
+               DASK_WHISK__SWIFT__STORAGE_URL="http://127.0.0.1:1/v1/AUTH_test",
+               DASK_WHISK__SWIFT__TOKEN="tk", DASK_WHISK__SWIFT__SEGMENT_SIZE="4096")
+    code = ("import json, dask_whisk; from dask_whisk.store.swift_settings import resolve_settings;"
+            "s = resolve_settings(); print(json.dumps([s.worker_auth, s.storage_url, s.segment_size]))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert json.loads(out) == ["token", "http://127.0.0.1:1/v1/AUTH_test", 4096]

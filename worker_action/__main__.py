@@ -172,6 +172,7 @@ def main(args: dict[str, Any]) -> dict[str, Any]:
     try:
         calls, store = _calls(inv, store)
         frames = iter(_fetch([ref for c in calls for ref in (c.spec, *c.inputs)], store))
+        fetched = time.perf_counter()
     except protocol.TamperedObject as exc:  # the client gets this exception type back
         return protocol.error_envelope(exc, inv.job, inv.mac_key)
     placer = _Placer(inv, store)
@@ -214,6 +215,7 @@ def main(args: dict[str, Any]) -> dict[str, Any]:
         results[-1].stats["store_s"] += time.perf_counter() - finishing
     envelope = protocol.BatchResult(results, {
         "duration_s": time.perf_counter() - started,
+        "fetch_s": fetched - started,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "cold": _served == 1,
         "pid": os.getpid(),

@@ -54,6 +54,31 @@ _DEFAULTS: dict[str, Any] = {
     "worker-auth": "tempurl",
 }
 
+#: what each key means, for the README's configuration reference
+MEANINGS: dict[str, str] = {
+    "auth-url": "auth endpoint: Swift v1 (`/auth/v1.0`) or Keystone v3",
+    "user": "user name (v1 `account:user`)",
+    "key": "password or v1 key",
+    "auth-version": "`1` (default) or `3` (Keystone; needs python-keystoneclient)",
+    "project-name": "Keystone project",
+    "user-domain-name": "Keystone user domain",
+    "project-domain-name": "Keystone project domain",
+    "region-name": "Keystone region of the object-store endpoint",
+    "storage-url": "pre-authenticated storage URL (with `token`)",
+    "token": "pre-authenticated token (with `storage-url`)",
+    "container": "one shared container for every job (each job a prefix in it); unset: a "
+                 "container per job",
+    "segment-size": "bytes above which an object is written as a segmented (SLO) object",
+    "retries": "attempts per Swift request on transient errors",
+    "backoff": "first retry delay, seconds (doubling, jittered)",
+    "timeout": "seconds per Swift request",
+    "max-job-duration": "seconds the activations' TempURLs stay valid: a job's longest run",
+    "token-refresh": "seconds after which a job's token is renewed before an activation gets it",
+    "tempurl": "which TempURL key signs the activations' grants: `auto`, `account` or `container`",
+    "worker-auth": "`tempurl` (signed grants, least privilege) or `token` (hand activations the "
+                   "job's token: opt-in only)",
+}
+
 
 class SwiftConfigError(StoreError, ValueError):
     """The Swift settings are missing, inconsistent or rejected by the server."""
@@ -173,6 +198,8 @@ def resolve_settings(**options: Any) -> SwiftSettings:
         import dask.config
 
         configured = dask.config.get("whisk.swift", default=None) or {}
+        # DASK_WHISK__SWIFT__AUTH_URL arrives as "auth_url": dask treats - and _ alike, so do we
+        configured = {str(k).replace("_", "-"): v for k, v in configured.items()}
     except ImportError:
         configured = {}
     environ = {name: next((os.environ[e] for e in env_names if os.environ.get(e)), None)
