@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SAIO_DIR := $(CURDIR)/.cache/saio
 NPM_DIR := $(CURDIR)/.cache/npm
 
-.PHONY: demo test bench venv npm clean-cache
+.PHONY: demo test bench notebooks venv npm clean-cache
 
 $(BIN)/dask-whisk: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: venv npm
 
 # Benchmarks (never two at once on a 2-core machine): whisk_get against Dask's schedulers and
 # distributed.LocalCluster, fused and unfused, with a 50 ms-latency server; see benchmarks/.
+# Run the story notebooks again and store their outputs (make test checks they still run).
+notebooks: venv
+	$(BIN)/python notebooks/execute.py
+
 bench: venv
 	$(BIN)/pip install -q distributed
 	$(BIN)/python benchmarks/schedulers.py --repeat 3 --json .cache/bench.json
