@@ -122,3 +122,17 @@ def test_timeline_rows_reuse_a_slot_once_it_is_free():
 def test_a_bar_is_split_into_its_phases_and_the_rest():
     parts = segments(attempt(1.0, 2.0, wait=0.25, init=0.5, compute=0.25))
     assert parts == [("wait", 0.75, 0.25), ("init", 1.0, 0.5), ("compute", 1.5, 0.25), ("other", 1.75, 0.25)]
+
+
+def test_dasks_profiler_records_each_task_with_its_activation(local_store_root):
+    """Profiler's records: one per task, dispatch before completion, the activation as worker."""
+    from dask.diagnostics import Profiler
+
+    total = da.ones(100, chunks=10).sum()
+    with Profiler() as prof:
+        assert total.compute(scheduler=whisk_get) == 100
+    ids = {a["id"] for a in dask_whisk.last_report().attempts}
+    tasks = [r for r in prof.results]
+    assert len(tasks) == dask_whisk.last_report().tasks
+    assert all(r.start_time <= r.end_time for r in tasks)
+    assert {r.worker_id for r in tasks} <= ids
