@@ -59,7 +59,9 @@ def test_the_report_agrees_with_the_activation_records(array_job):
     phases = report.phases_s
     assert phases["plan"] > 0 and phases["compute"] > 0 and phases["fetch"] > 0
     for attempt, rec in zip(report.attempts, recs):  # times on the job's clock, in order
-        assert 0 <= attempt["submitted"] <= attempt["start"] <= attempt["end"] <= report.wall_s + 0.05
+        # (records count whole milliseconds: a start may read up to 1 ms before its invoke)
+        assert 0 <= attempt["submitted"] <= attempt["start"] + 0.001
+        assert attempt["start"] <= attempt["end"] <= report.wall_s + 0.05
         assert attempt["end"] - attempt["start"] == pytest.approx(rec["duration"] / 1000, abs=1e-3)
     assert 1 <= report.peak_concurrency <= len(recs)
     assert 0 < report.peak_rss_bytes < report.memory_mb * 2**20
