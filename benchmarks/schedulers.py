@@ -192,7 +192,11 @@ def latency_server(latency_ms: int, stack: ExitStack) -> dict[str, Any]:
     stack.callback(server.stop)
     subprocess.run([str(Path(sys.executable).with_name("dask-whisk")), "deploy", "--without-dependencies",
                     "--apihost", server.url, "--auth", server.auth], check=True, stdout=subprocess.DEVNULL)
-    return {"whisk.apihost": server.url, "whisk.auth": server.auth}
+    # a configured OpenWhisk's namespace limit (1,000 here) says nothing of its invokers'
+    # capacity: tell the client, as the README asks, the containers the same memory pool holds
+    # (what the embedded default works out itself), so both plan for the same concurrency
+    parallelism = EMBEDDED_LIMITS["user_memory_mb"] // int(dask.config.get("whisk.action-memory") or 512)
+    return {"whisk.apihost": server.url, "whisk.auth": server.auth, "whisk.parallelism": parallelism}
 
 
 def competitors(args: argparse.Namespace, stack: ExitStack) -> dict[str, Callable]:

@@ -9,7 +9,10 @@ tasks are grouped when that saves both without losing parallelism the namespace 
    within ``max_bytes`` and no path leaves the group and comes back (no cycle between units);
    sizes are trusted for tasks that read nothing, the chunks an array layer describes;
 4. fan-in trees: a task absorbs producers that feed only it, while a group stays within
-   ``max_tasks`` (the graph's tasks over the parallelism, so the widest level stays wide).
+   ``max_tasks`` (the graph's tasks over the parallelism, so the widest level stays wide) and
+   its inputs within ``max_bytes`` (a value's size, where no layer says it, guessed at its
+   largest input's): a matrix product's partial sums would otherwise gather every block of a
+   row and a column into one activation.
 
 Batching many small independent groups into one activation is decided at dispatch time, when
 the free concurrency and the measured durations are known (see ``scheduler``).
@@ -141,8 +144,22 @@ def group_tasks(
             for part in merging:
                 group_bytes.pop(part, None)
                 root = groups.union(root, part)
-    # 4. fan-in trees, bottom up
+    # 4. fan-in trees, bottom up, while a unit's inputs (all fetched before its first task runs)
+    # stay within max_bytes: a value of unknown size is guessed at its largest input's size
     max_tasks = max(1, math.ceil(len(tasks) / max(1, settings.parallelism)))
+    guess: dict[Key, int] = {}
+    for key in by_priority:
+        guess[key] = sizes.get(key) or max((guess[d] for d in dependencies[key]), default=0)
+    reads: dict[Key, set] = {}  # root -> the tasks outside it its members read (guessed > 0)
+    read_bytes: dict[Key, int] = {}
+
+    def inputs_of(root: Key) -> set:
+        if root not in reads:
+            reads[root] = {d for m in groups.members[root] for d in dependencies[m]
+                           if guess[d] and groups.find(d) != root}
+            read_bytes[root] = sum(guess[d] for d in reads[root])
+        return reads[root]
+
     for key in by_priority:
         root = groups.find(key)
         feeders = {groups.find(d) for d in dependencies[key]} - {root}
@@ -151,8 +168,17 @@ def group_tasks(
         for feeder in sorted(feeders, key=lambda r: len(groups.members[r])):
             if size + len(groups.members[feeder]) > max_tasks:
                 break
-            size += len(groups.members[feeder])
+            ours, theirs, produced = inputs_of(root), inputs_of(feeder), groups.members[feeder]
+            total = (read_bytes[root] + sum(guess[d] for d in theirs if d not in ours)
+                     - sum(guess[m] for m in produced if m in ours))
+            if total > settings.max_bytes:
+                continue
+            size += len(produced)
+            ours.update(theirs)
+            ours.difference_update(produced)
+            del reads[feeder], read_bytes[feeder], reads[root], read_bytes[root]
             root = groups.union(root, feeder)
+            reads[root], read_bytes[root] = ours, total
     result = [sorted(members, key=priority.__getitem__) for members in groups.members.values()]
     return sorted(result, key=lambda g: priority[g[0]])
 

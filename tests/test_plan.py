@@ -144,6 +144,19 @@ def test_pulling_stops_at_the_unit_byte_limit():
     check_well_formed(plan)
 
 
+def test_a_matrix_products_partial_sums_do_not_gather_its_blocks_into_one_unit():
+    """(x @ x).sum() on 8k^2 in 2k^2 blocks (32 MB each), 512 MB actions: a partial sum may not
+    take in the products feeding it when the blocks they read pass the unit byte limit (a unit
+    read 17 blocks, 549 MiB, and was refused)."""
+    x = da.random.random((8_000, 8_000), chunks=(2_000, 2_000))
+    settings = FuseSettings(parallelism=8, max_bytes=128 * 2**20)
+    plan, sizes, _ = collection_plan((x @ x).sum(), settings)
+    check_well_formed(plan)
+    block = 2_000 * 2_000 * 8
+    for unit in plan.units.values():  # each product reads 2 blocks; a partial sum 4 products
+        assert sum(sizes.get(plan.source(k), block) for k in unit.inputs) <= 4 * block, unit.keys
+
+
 def test_random_graphs_give_acyclic_plans_that_compute_the_same():
     rng = random.Random(11)
     for trial in range(40):
