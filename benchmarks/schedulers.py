@@ -237,7 +237,7 @@ def measure(work: Work, gets: dict[str, Callable], repeat: int) -> dict[str, dic
             try:
                 work.run(get)
             except Exception as exc:  # noqa: BLE001  (a competitor's limit is a result, too)
-                errors[name] = f"{type(exc).__name__}: {str(exc)[:80]}"
+                errors[name] = f"{type(exc).__name__}: {str(exc)[:600]}"
                 continue
             times[name].append(time.perf_counter() - start)
             if name.startswith("whisk"):
