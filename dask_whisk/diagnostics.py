@@ -238,14 +238,29 @@ def combine(reports: list[JobReport]) -> JobReport:
 
 
 _last: list[JobReport] = []
+_running: list[JobReport] = []
 _collectors: list[list[JobReport]] = []
 _lock = threading.Lock()
+
+
+def begin(job_report: JobReport) -> None:
+    """``job_report`` is the running job's (for live progress) until :func:`record` takes it."""
+    with _lock:
+        _running[:] = [job_report]
+
+
+def running_report() -> JobReport | None:
+    """The report of the job running now, filled in as its attempts end (None between jobs)."""
+    with _lock:
+        return _running[0] if _running else None
 
 
 def record(job_report: JobReport) -> None:
     """Keep ``job_report`` as the last job's, and hand it to every open :func:`report` block."""
     with _lock:
         _last[:] = [job_report]
+        if _running and _running[0] is job_report:
+            _running.clear()
         for collected in _collectors:
             collected.append(job_report)
 

@@ -29,7 +29,7 @@ from .callback_state import callback_state, mark
 from .fuse import FuseSettings
 from .job import Job
 from .plan import Unit, annotated, array_layouts, as_task_graph, build_plan, flat_keys, known_sizes
-from .diagnostics import record
+from .diagnostics import begin, record
 
 Key = Hashable
 logger = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ def get(dsk: Mapping | Any, keys: Sequence[Key] | Key, callbacks=None, **kwargs:
     sources = {k: sizes[k] for k, node in graph.items() if not node.dependencies and k in sizes}
     plan = build_plan(graph, keys, sources, fuse_settings(parallelism))
     job = Job(backend, plan, retries=annotated(dsk, "retries"), sizes=sizes)
+    begin(job.report)
     with local_callbacks(callbacks) as cbs:
         start, start_state, pretask, posttask, finish = unpack_callbacks(cbs)
         state: dict[str, Any] = {}

@@ -4,6 +4,7 @@ that reports several jobs as one."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -138,3 +139,31 @@ def test_dasks_profiler_records_each_task_with_its_activation(local_store_root):
     assert len(tasks) == dask_whisk.last_report().tasks
     assert all(r.start_time <= r.end_time for r in tasks)
     assert {r.worker_id for r in tasks} <= ids
+
+
+def test_progress_outside_a_notebook_prints_the_final_counts(local_store_root, capsys):
+    from dask_whisk.progress import NotebookProgress
+
+    with NotebookProgress():
+        assert da.ones(40, chunks=10).sum().compute(scheduler=whisk_get) == 40
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(r"dask-whisk: (\d+) of \1 tasks done, 0 in flight, 0 attempts retried, 0 failed", line), line
+
+
+def test_progress_in_a_notebook_updates_one_output_in_place(tmp_path):
+    """In a real Jupyter kernel: one display, updated while the job runs, ending at all done."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    book = new_notebook(cells=[new_code_cell(
+        "import time, dask\n"
+        "from dask_whisk.progress import NotebookProgress\n"
+        "with NotebookProgress(interval=0.05):\n"
+        "    dask.compute(*[dask.delayed(time.sleep, pure=False)(0.3) for _ in range(12)], scheduler='whisk')\n")])
+    NotebookClient(book, timeout=120, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    shown = [o for o in book.cells[0].outputs if o.output_type == "display_data"]
+    assert len(shown) == 1, book.cells[0].outputs
+    assert "<progress" in shown[0].data["text/html"]
+    assert re.search(r"(\d+) of \1 tasks done, 0 in flight", shown[0].data["text/plain"]), shown[0].data
