@@ -139,9 +139,10 @@ class Job:
             if not (kinds := task_kinds(unit)) <= seen:
                 seen |= kinds
                 self.specs[unit.name] = self._spec(unit)
-        self._encoder = threading.Thread(target=self._encode_rest, args=(in_order,), daemon=True,
-                                         name=f"dask-whisk-encode-{self.id}")
-        self._encoder.start()
+        if len(self.specs) < len(in_order):  # a small job is all serialised already
+            self._encoder = threading.Thread(target=self._encode_rest, args=(in_order,), daemon=True,
+                                             name=f"dask-whisk-encode-{self.id}")
+            self._encoder.start()
 
     def _spec(self, unit: Unit) -> dict[str, Any]:
         """Serialise and place ``unit``'s spec, and store the shared functions it is the first to use."""
