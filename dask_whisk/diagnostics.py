@@ -130,13 +130,7 @@ class JobReport:
     @property
     def peak_concurrency(self) -> int:
         """The most activations running at one instant."""
-        edges = sorted(e for a in self.attempts if a["start"] is not None
-                       for e in ((a["start"], 1), (a["end"], -1)))
-        running = peak = 0
-        for _, step in edges:  # an end sorts before a start at the same instant
-            running += step
-            peak = max(peak, running)
-        return peak
+        return max(concurrency(self.attempts)[1])
 
     @property
     def phases_s(self) -> dict[str, float]:
@@ -206,6 +200,18 @@ class JobReport:
         from .timeline import plot_timeline
 
         return plot_timeline(self)
+
+
+def concurrency(attempts: list[dict[str, Any]]) -> tuple[list[float], list[int]]:
+    """Step points (time, activations running from then on) of the attempts' run intervals;
+    an end sorts before a start at the same instant."""
+    edges = sorted(e for a in attempts if a["start"] is not None for e in ((a["start"], 1), (a["end"], -1)))
+    times, counts, running = [0.0], [0], 0
+    for t, step in edges:
+        running += step
+        times.append(t)
+        counts.append(running)
+    return times, counts
 
 
 def new_report(**counts: Any) -> JobReport:
@@ -285,8 +291,9 @@ def report() -> Iterator[JobReport]:
         with _lock:
             _collectors.remove(collected)
         if collected:
+            combined = combine(collected)
             for f in dataclasses.fields(JobReport):
-                setattr(result, f.name, getattr(combine(collected), f.name))
+                setattr(result, f.name, getattr(combined, f.name))
 
 
 # --- dask-whisk report FILE.json ---------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .diagnostics import PHASES
+from .diagnostics import PHASES, concurrency
 
 if TYPE_CHECKING:
     from .diagnostics import JobReport
@@ -32,17 +32,6 @@ def slot_rows(attempts: list[dict[str, Any]]) -> list[int]:
         free_at[row] = attempts[i]["end"]
         rows[i] = row
     return rows
-
-
-def concurrency(attempts: list[dict[str, Any]]) -> tuple[list[float], list[int]]:
-    """Step points (time, activations running from then on) of the attempts' run intervals."""
-    edges = sorted(e for a in attempts if a["start"] is not None for e in ((a["start"], 1), (a["end"], -1)))
-    times, counts, running = [0.0], [0], 0
-    for t, step in edges:
-        running += step
-        times.append(t)
-        counts.append(running)
-    return times, counts
 
 
 def segments(attempt: dict[str, Any]) -> list[tuple[str, float, float]]:

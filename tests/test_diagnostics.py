@@ -16,7 +16,8 @@ import pytest
 import dask_whisk
 from dask_whisk import backend, whisk_get
 from dask_whisk.diagnostics import JobReport
-from dask_whisk.timeline import concurrency, segments, slot_rows
+from dask_whisk.diagnostics import concurrency
+from dask_whisk.timeline import segments, slot_rows
 
 from _server_fixtures import whisk_on
 
