@@ -34,7 +34,10 @@ class JobReport:
 
     tasks: int = 0
     units: int = 0
+    #: the longest chain of dependent units, counted in units and in seconds (each unit weighted
+    #: by the duration of the activation whose outputs were taken; a batch's units share one)
     critical_path_units: int = 0
+    critical_path_s: float = 0.0
     #: successful activations, and attempts run again after a platform failure
     activations: int = 0
     retries: int = 0
@@ -168,7 +171,8 @@ class JobReport:
         """The figures as (label, value) pairs, for :meth:`summary` and the notebook table."""
         phases = self.phases_s
         return [
-            ("tasks / units / critical path", f"{self.tasks} / {self.units} / {self.critical_path_units}"),
+            ("tasks / units", f"{self.tasks} / {self.units}"),
+            ("critical path (units / s)", f"{self.critical_path_units} / {self.critical_path_s:.3f}"),
             ("activations (retries, backups, cold starts)",
              f"{self.activations} ({self.retries}, {self.backups}, {self.cold_starts})"),
             ("most attempts of one unit", f"{self.max_attempts}"),
@@ -223,7 +227,8 @@ def new_report(**counts: Any) -> JobReport:
 
 
 def combine(reports: list[JobReport]) -> JobReport:
-    """Several jobs' reports as one: counts and times summed, attempts on the first one's clock."""
+    """Several jobs' reports as one: counts and times summed (the critical path and the most
+    attempts of one unit: the largest job's), attempts on the first one's clock."""
     if len(reports) == 1:
         return reports[0]
     first = reports[0]
@@ -232,6 +237,7 @@ def combine(reports: list[JobReport]) -> JobReport:
                  "bytes_inline", "wall_s", "plan_s"):
         setattr(total, name, sum(getattr(r, name) for r in reports))
     total.critical_path_units = max(r.critical_path_units for r in reports)
+    total.critical_path_s = max(r.critical_path_s for r in reports)
     total.max_attempts = max(r.max_attempts for r in reports)
     total.memory_mb = max(r.memory_mb for r in reports)
     total.failed = any(r.failed for r in reports)

@@ -110,6 +110,8 @@ class Job:
         #: unit name -> attempts started (retries and backup copies); units whose outputs are taken
         self.attempts: dict[str, int] = {}
         self.done: set[str] = set()
+        #: unit name -> seconds the activation whose outputs were taken ran (its record's duration)
+        self.unit_seconds: dict[str, float] = {}
         self._releases: list[Future] = []
         self.closed = False
         #: warnings the activations raised, each distinct one once, for the caller's thread to
@@ -273,6 +275,7 @@ class Job:
                     else:
                         log(record, "success", stats)
                         self._record(units, batch)
+                        self.unit_seconds.update((u.name, record.get("duration", 0) / 1000) for u in units)
                     return Ran(record["activationId"],
                                float(batch.stats.get("duration_s", record.get("duration", 0) / 1000)))
                 await self._forget(written)  # whatever this attempt wrote is never read

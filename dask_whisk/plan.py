@@ -75,15 +75,21 @@ class Plan:
                     ready.append(child)
         return ready
 
+    def critical_path(self, seconds: Mapping[str, float] | None = None) -> float:
+        """The longest chain of dependent units: counted in units, or, given ``seconds`` per unit
+        name, in seconds (a unit missing from ``seconds`` counts 0, e.g. one that never ran)."""
+        finish: dict[str, float] = {}
+        for name in self.topological():
+            own = 1.0 if seconds is None else seconds.get(name, 0.0)
+            finish[name] = own + max((finish[d] for d in self.dependencies[name]), default=0.0)
+        return max(finish.values(), default=0.0)
+
     def summary(self) -> dict[str, int]:
         """Counts for tests and reports: tasks, units, and the critical path measured in units."""
-        depth: dict[str, int] = {}
-        for name in self.topological():
-            depth[name] = 1 + max((depth[d] for d in self.dependencies[name]), default=0)
         return {
             "tasks": sum(len(u.keys) for u in self.units.values()) + len(self.local),
             "units": len(self.units),
-            "critical_path_units": max(depth.values(), default=0),
+            "critical_path_units": int(self.critical_path()),
             "literals": len(self.data),
             "aliases": len(self.aliases),
         }

@@ -102,6 +102,7 @@ def get(dsk: Mapping | Any, keys: Sequence[Key] | Key, callbacks=None, **kwargs:
                 f(graph, state, failed)
             job.report.failed = failed
             job.report.max_attempts = max(job.attempts.values(), default=0)
+            job.report.critical_path_s = plan.critical_path(job.unit_seconds)
             job.report.wall_s = time.perf_counter() - started
             record(job.report)
     return nested_get(keys, results)

@@ -3,10 +3,12 @@ records, JSON that round-trips, a timeline the CLI draws from a saved report, an
 that reports several jobs as one."""
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
 import sys
+import time
 
 import dask
 import dask.array as da
@@ -108,6 +110,34 @@ def test_a_report_block_combines_the_jobs_it_ran(local_store_root):
     assert r.wall_s == pytest.approx(first.wall_s + second.wall_s)
     later = r.attempts[len(first.attempts)]  # the second job's first attempt, on the first's clock
     assert later["start"] >= max(a["end"] for a in r.attempts[:len(first.attempts)]) - 0.01
+
+
+def test_the_critical_path_in_seconds_follows_the_longest_chain_of_activations(local_store_root):
+    """Three dependent naps and three independent ones feed a total: the critical path is the
+    chain's activations and the total's, not the sum of all and not a count of units."""
+
+    def nap(*parts):
+        time.sleep(0.3)
+        return sum(parts) + 1
+
+    step = functools.partial(dask.delayed(nap, pure=False))
+    chain = step(step(step(dask_key_name="link_a"), dask_key_name="link_b"), dask_key_name="link_c")
+    wide = [step(dask_key_name=f"wide_{name}") for name in "xyz"]
+    total = step(chain, *wide, dask_key_name="total")
+    with dask.config.set({"whisk.fuse": False, "whisk.batch-max-units": 1}):  # a unit per activation
+        assert total.compute(scheduler=whisk_get) == 7
+    report = dask_whisk.last_report()
+    took = {a["kind"]: a["duration"] for a in report.attempts if a["outcome"] == "success"}
+    assert len(took) == report.units == 7
+    paths = [["link_a", "link_b", "link_c", "total"], *(["wide_" + n, "total"] for n in "xyz")]
+    longest = max(sum(took[k] for k in path) for path in paths)
+    assert report.critical_path_units == 4
+    assert report.critical_path_s == pytest.approx(longest)
+    assert 4 * 0.3 <= report.critical_path_s < report.activation_s
+    assert f"4 / {report.critical_path_s:.3f}" in report.summary()
+    assert f"4 / {report.critical_path_s:.3f}" in report._repr_html_()
+    saved = json.loads(json.dumps(report.to_json()))
+    assert JobReport.from_json(saved).critical_path_s == report.critical_path_s
 
 
 def attempt(start, end, wait=0.0, **phases):
