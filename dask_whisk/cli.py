@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         epilog=f"commands:\n{commands}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    top.add_argument("command", choices=list(COMMANDS), metavar="COMMAND")
+    top.add_argument("command", choices=list(COMMANDS), metavar="COMMAND",
+                     help="one of the commands below; dask-whisk COMMAND --help shows its options")
     top.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     parsed = top.parse_args(argv)
     module_name, help_text = COMMANDS[parsed.command]

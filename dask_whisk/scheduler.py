@@ -145,9 +145,11 @@ class Batcher:
 
     @staticmethod
     def kind(unit: Unit) -> str:
+        """The name prefix of the unit's last task: units of one kind take about as long."""
         return key_split(unit.keys[-1])
 
     def batchable(self, unit: Unit) -> bool:
+        """Whether ``unit`` reads few enough stored bytes to share an activation's memory."""
         refs = self.job.refs
         stored = sum(refs[s]["nbytes"] for s in map(self.job.plan.source, unit.inputs) if "stored" in refs[s])
         return stored <= self.SMALL_INPUT_BYTES
@@ -162,6 +164,7 @@ class Batcher:
         return max(1, min(even, by_time, self.max_units))
 
     def finished(self, unit: Unit) -> None:
+        """Add a finished unit's measured decode, compute and store time to its kind's."""
         stats = self.job.stats.get(unit.name, {})
         count, seconds = self.measured.get(self.kind(unit), (0, 0.0))
         spent = stats.get("decode_s", 0.0) + stats.get("compute_s", 0.0) + stats.get("store_s", 0.0)
@@ -187,6 +190,7 @@ class Slots:
         self.queued: dict[Future, None] = {}  # insertion-ordered: launch order
 
     def launch(self, future: Future, now: float) -> None:
+        """A new activation: running from ``now`` if a slot is free, else queued behind the rest."""
         if len(self.started) < self.parallelism:
             self.started[future] = now
         else:
@@ -228,6 +232,7 @@ class Stragglers:
         self.launched = 0
 
     def launching(self) -> None:
+        """Count one more activation launched (backups wait until most of them have finished)."""
         self.launched += 1
 
     def finished(self, flight: _Flight, held_s: float | None, run_s: float) -> None:
@@ -238,6 +243,7 @@ class Stragglers:
             self.overhead = max(self.overhead, held_s - run_s)
 
     def due(self, flight: _Flight, slots: Slots, now: float) -> bool:
+        """Whether ``flight`` has run long enough by the rule above to get a backup copy now."""
         began = slots.started.get(flight.futures[-1])
         finished = len(self.all)
         if (not self.enabled or began is None or finished < self.MIN_FINISHED

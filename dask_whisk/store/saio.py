@@ -488,7 +488,9 @@ def _reap(pid: int) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``dask-whisk swift-saio``."""
-    parser.add_argument("action", choices=["start", "stop", "status"])
+    parser.add_argument("action", choices=["start", "stop", "status"],
+                        help="start (printing export lines for the client), stop, or status "
+                             "(exit 0 only if running)")
     parser.add_argument("--dir", type=Path, default=None,
                         help=f"state directory (default {default_dir()}); keep one for notebooks")
     parser.add_argument("--port", type=int, default=None,
