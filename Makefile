@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SAIO_DIR := $(CURDIR)/.cache/saio
 NPM_DIR := $(CURDIR)/.cache/npm
 
-.PHONY: demo test bench notebooks venv npm clean-cache
+.PHONY: demo test bench notebooks architecture venv npm clean-cache
 
 $(BIN)/dask-whisk: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ test: venv npm
 # Run the story notebooks again and store their outputs (make test checks they still run).
 notebooks: venv
 	$(BIN)/python notebooks/execute.py
+
+# The README's architecture picture, drawn from the modules' imports (tests/test_docs.py fails when
+# the code's imports no longer match it).
+architecture: venv
+	$(BIN)/python docs/architecture.py
 
 bench: venv
 	$(BIN)/pip install -q distributed

@@ -1,12 +1,15 @@
-"""The documentation that lives in the code: a docstring on everything public, and a complete
-``--help`` for the ``dask-whisk`` command and each of its subcommands."""
+"""The documentation that lives in the code: a docstring on everything public, a complete
+``--help`` for the ``dask-whisk`` command and each of its subcommands, and an architecture
+picture drawn from the imports the modules have now."""
 from __future__ import annotations
 
 import argparse
 import ast
 import contextlib
 import importlib
+import importlib.util
 import io
+import json
 import re
 from pathlib import Path
 
@@ -93,3 +96,54 @@ def test_each_subcommand_says_what_it_does_and_what_every_option_means(command):
     assert not unexplained, f"dask-whisk {command}: no help for {unexplained}"
     for action in parser._actions:
         assert all(option in text for option in action.option_strings), action.option_strings
+
+
+def architecture():
+    """``docs/architecture.py``, the script that draws the picture, as a module."""
+    spec = importlib.util.spec_from_file_location("architecture", ROOT / "docs" / "architecture.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_architecture_picture_shows_the_imports_the_code_has_now():
+    arch = architecture()
+    stored, current = json.loads(arch.EDGES.read_text()), arch.graph()
+    drawn, now = ({tuple(e) for e in graph["edges"]} for graph in (stored, current))
+    assert stored == current, (f"docs/architecture.svg is out of date (run `make architecture`): "
+                               f"new {sorted(now - drawn)}, gone {sorted(drawn - now)}")
+    assert f"import graph {arch.digest(stored)}," in arch.PICTURE.read_text(), \
+        "docs/architecture.svg was not drawn from docs/architecture.json: run `make architecture`"
+    for edge in (("dask_whisk.scheduler", "dask_whisk.plan", "import"),
+                 ("worker_action.__main__", "dask_whisk.protocol", "import"),
+                 ("dask_whisk.diagnostics", "dask_whisk.timeline", "lazy"),
+                 ("dask_whisk.cli", "dask_whisk.diagnostics", "by name"),
+                 ("dask_whisk.store", "dask_whisk.store.local", "by name")):
+        assert edge in now, edge
+
+
+def test_the_import_graph_reads_every_way_a_module_imports_another():
+    source = """
+import importlib
+import pkg.c
+from .. import a
+from . import b
+from ..c import helper
+BACKENDS = {"one": "pkg.e"}
+
+def load(name):
+    from ..a import thing
+    importlib.import_module(BACKENDS[name])
+    return "pkg.f"  # only a string
+"""
+    known = {"pkg", "pkg.a", "pkg.c", "pkg.e", "pkg.f", "pkg.sub", "pkg.sub.b", "pkg.sub.d"}
+    assert architecture().imports("pkg.sub.d", source, known) == {
+        ("pkg.c", "import"), ("pkg.a", "import"), ("pkg.sub.b", "import"), ("pkg.a", "lazy"),
+        ("pkg.e", "by name")}
+
+
+def test_a_module_left_out_of_the_layers_is_named(monkeypatch):
+    arch = architecture()
+    monkeypatch.delitem(arch.LAYERS, "planning")
+    with pytest.raises(ValueError, match=r"not placed \['dask_whisk.fuse', 'dask_whisk.plan'\]"):
+        arch.graph()
