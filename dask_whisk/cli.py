@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "deploy": ("dask_whisk.deploy", "build the worker action and create or update it on OpenWhisk"),
     "doctor": ("dask_whisk.doctor", "check an OpenWhisk and Swift configuration end to end"),
     "report": ("dask_whisk.diagnostics", "print a saved job report and draw its timeline (--png)"),
+    "capacity": ("dask_whisk.capacity", "size an OpenWhisk Helm deployment for N workers at once, and price a job"),
 }
 
 
