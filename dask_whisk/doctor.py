@@ -2,9 +2,10 @@
 
 Each check prints one line (ok / warn / FAIL) with the numbers behind it and, when it fails, what
 to do. The checks follow the path of a job: the API answers, the key is accepted, the namespace
-limits allow a job to fan out, the deployment offers this client's Python runtime kind, the worker
-action exists and matches this client, an activation round-trips (cold and warm latency), and the
-store is writable from inside an activation.
+limits allow a job to fan out (to ``whisk.max-in-flight`` when it is set; if they are lower, the
+Helm chart values to raise and to what), the deployment offers this client's Python runtime
+kind, the worker action exists and matches this client, an activation round-trips (cold and warm
+latency), and the store is writable from inside an activation.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from typing import Any
 import dask_whisk
 
 from .artifact import DeployError, host_python
-from .config import add_whisk_arguments, whisk_config_from_args
+from .capacity import invocations_per_minute
+from .config import ClientSettings, add_whisk_arguments, setting, whisk_config_from_args
 from .deploy import (DEFAULT_ACTION, annotation, blackbox_advice, check_worker_action,
                      deploy_command, deployment_info, offered_kinds, runtime_kind)
 
@@ -38,6 +40,10 @@ _RAISE_LIMITS = (
     "`limit_invocations_per_minute` / `limit_invocations_concurrent` (research deployments use "
     "10,000+; each concurrent activation holds one container of the action's memory)"
 )
+
+#: the chart's limit values -> the ``wskadmin limits set`` option of the same limit
+_WSKADMIN = {"actionsInvokesConcurrent": "concurrentInvocations",
+             "actionsInvokesPerminute": "invocationsPerMinute"}
 
 
 @dataclass
@@ -65,8 +71,10 @@ class Report:
                 f"{counts['skip']} not checked")
 
 
-def limits_advice(limits: dict[str, Any], units: int) -> tuple[str, str]:
-    """(status, text) for the namespace's invocation limits, judged for a job of ``units`` units."""
+def limits_advice(limits: dict[str, Any], units: int, max_in_flight: int | None = None,
+                  memory_mb: int | None = None) -> tuple[str, str]:
+    """(status, text) for the namespace's invocation limits, judged for a job of ``units`` units
+    and, when set, ``whisk.max-in-flight`` activations at once (of ``memory_mb`` each)."""
     per_minute = limits.get("invocationsPerMinute")
     concurrent = limits.get("concurrentInvocations")
     memory = (limits.get("minActionMemory"), limits.get("maxActionMemory"))
@@ -79,9 +87,36 @@ def limits_advice(limits: dict[str, Any], units: int) -> tuple[str, str]:
                         f"minutes at {per_minute}/min")
     if isinstance(concurrent, int) and concurrent < min(units, 10 * STOCK_CONCURRENT):
         problems.append(f"at most {concurrent} units run at once")
+    raises = _raises_for(max_in_flight, per_minute, concurrent, problems)
+    if raises:
+        chart = " and ".join(f"`whisk.limits.{key}` to {value}" for key, value in raises.items())
+        wskadmin = " ".join(f"--{_WSKADMIN[key]} {value}" for key, value in raises.items())
+        return "warn", (f"{text}; {'; '.join(problems)}; raise the helm chart's {chart} (for one "
+                        f"namespace: `wskadmin limits set <namespace> {wskadmin}`); `dask-whisk "
+                        f"capacity --workers {max_in_flight} --memory {memory_mb or 'MB'}` sizes "
+                        "the invokers to match")
     if problems:
         return "warn", f"{text}; {'; '.join(problems)}; {_RAISE_LIMITS}"
     return "ok", text
+
+
+def _raises_for(max_in_flight: int | None, per_minute: Any, concurrent: Any,
+                problems: list[str]) -> dict[str, int]:
+    """The chart limits below what ``max_in_flight`` activations need -> the value each needs,
+    with the shortfalls added to ``problems``."""
+    if max_in_flight is None:
+        return {}
+    seconds = float(setting("unit-target-seconds"))
+    needed = invocations_per_minute(max_in_flight, seconds)
+    raises = {}
+    if isinstance(concurrent, int) and concurrent < max_in_flight:
+        problems.append(f"whisk.max-in-flight is {max_in_flight:,} but at most {concurrent} run at once")
+        raises["actionsInvokesConcurrent"] = max_in_flight
+    if isinstance(per_minute, int) and per_minute < needed:
+        problems.append(f"{max_in_flight:,} activations of {seconds:g} s (whisk.unit-target-seconds) "
+                        f"start up to {needed:,} a minute, above {per_minute}/min")
+        raises["actionsInvokesPerminute"] = needed
+    return raises
 
 
 def _describe_failure(record: dict[str, Any]) -> str:
@@ -180,8 +215,10 @@ async def _check_store(client: Any, name: str, kind: str, report: Report) -> Non
 
 
 async def diagnose(config: Any, *, action: str = DEFAULT_ACTION, store: str | None = None,
-                   units: int = 1000, warm_calls: int = 3, out: Callable[[str], None] = print) -> Report:
-    """Run every check against ``config`` (a WhiskConfig) and return the report."""
+                   units: int = 1000, max_in_flight: int | None = None, warm_calls: int = 3,
+                   out: Callable[[str], None] = print) -> Report:
+    """Run every check against ``config`` (a WhiskConfig) and return the report; the limits are
+    judged for a job of ``units`` units and ``max_in_flight`` activations at once."""
     from .openwhisk import (OpenWhiskClient, WhiskAuthError, WhiskConnectionError, WhiskError,
                             WhiskNotFound, WhiskTimeout)
 
@@ -219,7 +256,8 @@ async def diagnose(config: Any, *, action: str = DEFAULT_ACTION, store: str | No
                        f"(no limits route); stock values are {STOCK_PER_MINUTE}/min and "
                        f"{STOCK_CONCURRENT} concurrent: {_RAISE_LIMITS}")
         else:
-            status, detail = limits_advice(limits, units)
+            memory = ((action_record or {}).get("limits") or {}).get("memory")
+            status, detail = limits_advice(limits, units, max_in_flight, memory)
             report.add(status, "namespace limits", detail)
         status, detail = runtimes_advice(info)
         report.add(status, "runtimes", detail)
@@ -273,17 +311,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the report; exit 1 when any check failed or could not run."""
-    from .config import WhiskConfigError, setting
+    from .config import WhiskConfigError
 
     try:
         config = whisk_config_from_args(args)
+        max_in_flight = ClientSettings.from_dask_config().max_in_flight
     except WhiskConfigError as exc:
         print(f"  FAIL  configuration: {exc}")
         return 1
     store = setting("store", args.store)
     report = asyncio.run(diagnose(config, action=args.name or setting("action"),
                                   store=None if store == "none" else store,
-                                  units=args.units, warm_calls=args.warm))
+                                  units=args.units, max_in_flight=max_in_flight,
+                                  warm_calls=args.warm))
     print(report.summary())
     sys.stdout.flush()
     return 1 if report.failed else 0

@@ -100,6 +100,33 @@ def test_stock_limits_are_a_warning_with_numbers_and_the_way_to_raise_them(stock
     assert "actionsInvokesPerminute" in text and "limit_invocations_per_minute" in text
 
 
+def test_limits_below_max_in_flight_name_the_chart_values_to_raise_and_to_what(capsys):
+    """A deployment started with 5 concurrent and 600 a minute, a client configured for 200 at
+    once: 200 activations of 0.5 s (whisk.unit-target-seconds) start 24,000 a minute."""
+    with start_server_process(ServerSettings(concurrent_invocations=5,
+                                             invocations_per_minute=600)) as low:
+        arun(_deploy(low))
+        with dask.config.set({"whisk.max-in-flight": 200}):
+            code = cli_main(["doctor", "--apihost", low.url, "--auth", low.auth, "--name", ACTION,
+                             "--store", "none", "--warm", "0"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert code == 0, out
+    assert "warn namespace limits: 600 invocations/min, 5 concurrent" in out
+    assert "whisk.max-in-flight is 200 but at most 5 run at once" in out
+    assert "raise the helm chart's `whisk.limits.actionsInvokesConcurrent` to 200 and " \
+           "`whisk.limits.actionsInvokesPerminute` to 24000" in out
+    assert "`wskadmin limits set <namespace> --concurrentInvocations 200 --invocationsPerMinute 24000`" in out
+    assert "`dask-whisk capacity --workers 200 --memory 512` sizes the invokers" in out
+
+
+def test_limits_advice_raises_only_the_limit_that_is_short():
+    roomy = {"invocationsPerMinute": 100_000, "concurrentInvocations": 300}
+    assert limits_advice(roomy, units=20, max_in_flight=300)[0] == "ok"
+    status, text = limits_advice({**roomy, "invocationsPerMinute": 6_000}, units=20, max_in_flight=300)
+    assert status == "warn" and "`whisk.limits.actionsInvokesPerminute` to 36000" in text
+    assert "actionsInvokesConcurrent" not in text and "--memory MB" in text
+
+
 def test_limits_advice_is_quiet_for_a_job_the_limits_allow():
     status, _ = limits_advice({"invocationsPerMinute": 60, "concurrentInvocations": 30}, units=20)
     assert status == "ok"
