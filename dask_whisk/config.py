@@ -36,8 +36,10 @@ SETTINGS: dict[str, tuple[Any, str]] = {
     "namespace": (None, "OpenWhisk namespace; unset: `_`, the caller's own"),
     "insecure": (False, "skip TLS certificate verification (self-signed deployments)"),
     "store": ("local", "where job data goes: `local` (a directory) or `swift`"),
-    "local.root": (None, "the local store's directory; unset: `dask-whisk-store` in the temp dir "
-                           "(created private to you, refused if another user owns it)"),
+    "local.root": (None, "the local store's directory, seen by the local server's containers too "
+                           "(so not under /tmp, which each container has to itself); unset: "
+                           "`dask-whisk-store` in /var/tmp (created private to you, refused if "
+                           "another user owns it)"),
     "action": ("dask-whisk-worker", "name of the worker action"),
     "action-memory": (None, "MB of the worker action `whisk_get` deploys when it is missing; unset: "
                             "512, within the namespace's range"),

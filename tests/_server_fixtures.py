@@ -8,18 +8,26 @@ import asyncio
 import base64
 import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from dask_whisk.server import ServerProcess, ServerSettings, start_server_process
+from dask_whisk.server.container import shared_tempdir
 
-__all__ = ["server_process", "server_factory", "server_npm_dir", "RawWhisk", "run_raw", "ROOMY",
+__all__ = ["shared_folder", "server_process", "server_factory", "server_npm_dir", "RawWhisk", "run_raw", "ROOMY",
            "whisk_on"]
 
 #: research-style limits, so only tests that want a throttle meet one
 ROOMY = dict(invocations_per_minute=1_000_000, concurrent_invocations=10_000, user_memory_mb=4096)
+
+
+def shared_folder() -> Path:
+    """A new private folder that the local server's containers see too (their /tmp is their own):
+    for a local store, or files tasks leave for each other."""
+    return Path(tempfile.mkdtemp(prefix="dask-whisk-test-", dir=shared_tempdir()))
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,12 @@
 """Shared fixtures: an isolated configuration, the embedded backend, and a real Swift."""
 import os
+import shutil
 from pathlib import Path
 
 import dask
 import pytest
+
+from _server_fixtures import shared_folder
 
 from _swift_fixtures import *  # noqa: F401,F403  (swift_env: a real Swift for the session)
 
@@ -22,9 +25,18 @@ def _isolated_wsk_config(tmp_path_factory):
     yield props
 
 
+@pytest.fixture
+def shared_tmp_path() -> Path:
+    """Like ``tmp_path``, but visible inside activations: where tasks leave files for each other."""
+    folder = shared_folder()
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def local_store_root(tmp_path_factory) -> Path:
+def local_store_root() -> Path:
     """The local store's root for the whole session (checked empty after each job)."""
-    root = tmp_path_factory.mktemp("store")
+    root = shared_folder()
     with dask.config.set({"whisk.local.root": str(root)}):
         yield root
+    shutil.rmtree(root, ignore_errors=True)

@@ -17,11 +17,10 @@ import pytest
 
 import dask_whisk
 from dask_whisk import backend, whisk_get
-from dask_whisk.diagnostics import JobReport
-from dask_whisk.diagnostics import concurrency
+from dask_whisk.diagnostics import JobReport, concurrency
 from dask_whisk.timeline import segments, slot_rows
 
-from _server_fixtures import whisk_on
+from _server_fixtures import shared_folder, whisk_on
 
 
 def records(ids: list[str]) -> list[dict]:
@@ -35,10 +34,10 @@ def records(ids: list[str]) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def array_job(tmp_path_factory):
+def array_job():
     """A dask.array job on a fresh server (so its first activations start cold), its report,
     and the server's records of every attempt."""
-    root = tmp_path_factory.mktemp("store")
+    root = shared_folder()
     with whisk_on(), dask.config.set({"whisk.store": "local", "whisk.local.root": str(root)}):
         x = da.random.RandomState(0).random((2_000, 400), chunks=(250, 400))
         expected = (x.T @ x).sum().compute(scheduler="sync")

@@ -52,10 +52,10 @@ def test_hung_activations_cost_at_most_twice_the_fault_free_time(local_store_roo
     assert not list(local_store_root.iterdir())
 
 
-def test_every_reader_sees_the_same_attempt(local_store_root, tmp_path):
+def test_every_reader_sees_the_same_attempt(local_store_root, shared_tmp_path):
     """The first attempt of a random value is slow, so a backup runs it again: both attempts
     complete, with different values, and all readers get the winner's."""
-    marker = tmp_path / "first-attempt"
+    marker = shared_tmp_path / "first-attempt"
 
     def draw():
         first = not marker.exists()
@@ -77,8 +77,8 @@ def test_every_reader_sees_the_same_attempt(local_store_root, tmp_path):
     assert not list(local_store_root.iterdir()), "the late attempt wrote into a finished job"
 
 
-def test_annotated_retries_rerun_a_failing_task(local_store_root, tmp_path):
-    counter = tmp_path / "tries"
+def test_annotated_retries_rerun_a_failing_task(local_store_root, shared_tmp_path):
+    counter = shared_tmp_path / "tries"
 
     def flaky():
         tries = int(counter.read_text()) + 1 if counter.exists() else 1
@@ -154,8 +154,8 @@ CTRL_C_JOB = textwrap.dedent("""
 """)
 
 
-def test_ctrl_c_stops_the_job_within_five_seconds_and_cleans_up(tmp_path):
-    root = tmp_path / "store"
+def test_ctrl_c_stops_the_job_within_five_seconds_and_cleans_up(tmp_path, shared_tmp_path):
+    root = shared_tmp_path / "store"
     job = subprocess.Popen([sys.executable, "-c", CTRL_C_JOB, str(root)], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:

@@ -1,8 +1,10 @@
 """One local container: an OS process running ``runtime.py``, spoken to over loopback HTTP.
 
-Like an OpenWhisk action container it has its own working directory and TMPDIR, a minimal
-environment (nothing of the server's or the client's), serves one activation at a time, and
-its stdout/stderr are cut into per-activation logs in OpenWhisk's ``<time> stdout: line`` form.
+Like an OpenWhisk action container it has its own working directory, gives the action only the
+environment OpenWhisk's runtime gives (nothing of the server's or the client's), serves one
+activation at a time, and its stdout/stderr are cut into per-activation logs in OpenWhisk's
+``<time> stdout: line`` form. Its memory is that of its whole process tree (the runtime, the
+action's launcher and whatever the action starts).
 """
 from __future__ import annotations
 
@@ -13,17 +15,18 @@ import os
 import secrets
 import shutil
 import socket
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import aiohttp
 
-from .runtime import SECRET_ENV, SECRET_HEADER, SENTINEL
+from .runtime import PRIVATE_TMP, SECRET_ENV, SECRET_HEADER, SENTINEL
 
 RUNTIME_SCRIPT = str(Path(__file__).with_name("runtime.py"))
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-#: variables of the server's environment a container inherits (locale and search path only)
+#: variables of the server's environment the runtime process inherits (the action gets none)
 INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE")
 #: how long to wait, after /run answered, for the end-of-activation marker on both streams
 LOG_SETTLE_SECONDS = 2.0
@@ -33,12 +36,37 @@ DEVELOPER_ERROR_LOGS = "The action did not initialize or run as expected. Log da
 _ids = itertools.count(1)
 
 
+def shared_tempdir() -> str:
+    """A temporary directory the containers see as the machine's own: each container's /tmp is
+    private, so what containers and clients share (the servers' containers, the local store)
+    lives outside it, in ``/var/tmp`` when the system temp dir is /tmp."""
+    system = tempfile.gettempdir()
+    inside_tmp = system == "/tmp" or system.startswith("/tmp/")
+    if inside_tmp and os.path.isdir("/var/tmp") and os.access("/var/tmp", os.W_OK | os.X_OK):
+        return "/var/tmp"
+    return system
+
+
 class ContainerGone(Exception):
     """The container process died during a request; ``reason`` says why (timeout, oom, crash)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of process ``pid`` and its descendants (what a container's cgroup counts)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            total = int(f.read().split()[1]) * PAGE_SIZE
+        children = []
+        for thread in os.listdir(f"/proc/{pid}/task"):  # children are listed by the thread that forked
+            with open(f"/proc/{pid}/task/{thread}/children", "rb") as f:
+                children += [int(child) for child in f.read().split()]
+    except (OSError, IndexError, ValueError):
+        return 0
+    return total + sum(_tree_rss(child) for child in children)
 
 
 def _log_time() -> str:
@@ -92,10 +120,9 @@ class Container:
 
     async def start(self) -> None:
         """Start the process on a fresh listening socket; /init may be sent right away."""
-        tmp = self.workdir / "tmp"
+        tmp = self.workdir / PRIVATE_TMP  # the runtime makes it the container's /tmp
         await asyncio.get_running_loop().run_in_executor(None, tmp.mkdir, 0o700, True)
         env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
-        env.update(HOME=str(self.workdir), TMPDIR=str(tmp), PYTHONDONTWRITEBYTECODE="1")
         # only this server may talk to the container: its loopback port is open to every user
         self.secret = secrets.token_hex(16)
         env[SECRET_ENV] = self.secret
@@ -179,12 +206,8 @@ class Container:
             return response.status, await response.read()
 
     def rss_bytes(self) -> int:
-        """Resident memory of the container process, read from /proc (0 once it is gone)."""
-        try:
-            with open(f"/proc/{self.process.pid}/statm", "rb") as f:
-                return int(f.read().split()[1]) * PAGE_SIZE
-        except (OSError, IndexError, ValueError, AttributeError):
-            return 0
+        """Resident memory of the container's process tree, read from /proc (0 once it is gone)."""
+        return _tree_rss(self.process.pid) if self.process is not None else 0
 
     def kill(self, reason: str) -> None:
         """Kill the process at once (SIGKILL); the first reason given is the one reported."""

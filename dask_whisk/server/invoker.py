@@ -20,7 +20,7 @@ from pathlib import Path
 
 import aiohttp
 
-from .container import Container, ContainerGone
+from .container import Container, ContainerGone, shared_tempdir
 from .entities import Action
 from .faults import ACTIVATION_FAULTS, FaultInjector
 from .records import ActivationRecords
@@ -230,7 +230,7 @@ class Invoker:
     async def start(self, api_host: str) -> None:
         """Create the pool and start its idle reaper and memory watchdog."""
         self.api_host = api_host
-        self._tmp = tempfile.TemporaryDirectory(prefix="dask-whisk-server-")
+        self._tmp = tempfile.TemporaryDirectory(prefix="dask-whisk-server-", dir=shared_tempdir())
         connector = aiohttp.TCPConnector(limit=0, force_close=False, enable_cleanup_closed=True)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         self.pool = ContainerPool(self.settings.user_memory_mb, Path(self._tmp.name), self._session)
@@ -336,8 +336,7 @@ class Invoker:
             status, reply = await container.post("/init", body, timeout_ms / 1000.0)
         except ContainerGone as gone:
             return _gone(gone, timeout_ms, init=True)
-        if status != 200:
-            container.kill("init failed")
+        if status != 200:  # the container is destroyed once its logs are in
             error = _error_of(reply) or f"The action failed during initialization: {reply[:1024].decode('utf-8', 'replace')}"
             return DEVELOPER_ERROR, {"error": error}, False
         return None
@@ -371,8 +370,7 @@ class Invoker:
         if activation.fault == "action developer error":
             container.kill("injected fault")
             return DEVELOPER_ERROR, {"error": "injected fault: action developer error"}, False
-        if status != 200:
-            container.kill("run failed")
+        if status != 200:  # the container is destroyed once its logs are in
             return DEVELOPER_ERROR, {"error": _error_of(reply) or ABNORMAL_RUN}, False
         return self._result(reply)
 

@@ -21,11 +21,14 @@ DESTROY_SECONDS = 5.0
 
 
 def default_root() -> Path:
-    """The directory holding job namespaces: dask config ``whisk.local.root``, else a temp dir."""
+    """The directory holding job namespaces: dask config ``whisk.local.root``, else one in the
+    temp dir the local server's containers share (theirs /tmp is their own)."""
     import dask.config
 
+    from ..server.container import shared_tempdir
+
     configured = dask.config.get("whisk.local.root", None)
-    return Path(configured) if configured else Path(tempfile.gettempdir()) / "dask-whisk-store"
+    return Path(configured) if configured else Path(shared_tempdir()) / "dask-whisk-store"
 
 
 class LocalWorkerStore(WorkerStore):
