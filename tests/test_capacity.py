@@ -212,3 +212,11 @@ def test_the_guides_private_values_are_chart_paths_too():
     private = leaves(yaml.safe_load(re.sub(r'"\$[^"]*"', '"x"', block)))
     assert set(private) <= CHART_VALUE_PATHS, set(private) - CHART_VALUE_PATHS
     assert {"whisk.auth.guest", "whisk.auth.system"} <= set(private)
+
+
+def test_the_readme_shows_the_planners_real_output(capsys):
+    readme = (ROOT / "README.md").read_text()
+    shown = re.search(r"^\$ (dask-whisk capacity [^\n]*)\n(.*?)^```", readme, re.M | re.S)
+    assert shown and "deploy/openshift/README.md" in readme
+    assert cli_main(shlex.split(shown.group(1))[1:]) == 0
+    assert capsys.readouterr().out == shown.group(2)
