@@ -194,30 +194,36 @@ def _whisk(request: web.Request) -> WhiskServer:
 
 
 async def get_info(request: web.Request) -> web.Response:
+    """GET /: the platform's description, limits and runtimes, as OpenWhisk's root answers."""
     return json_response(request.app[WHISK_KEY].info())
 
 
 async def get_api(request: web.Request) -> web.Response:
+    """GET /api/v1: the API's version document."""
     return json_response({"description": "OpenWhisk API", "api_version": "1.0.0",
                           "api_version_path": "v1", "build": BUILD_DATE, "buildno": BUILD_NO,
                           "swagger_paths": {"ui": "/api/v1/docs", "api-docs": "/api/v1/api-docs"}})
 
 
 async def get_namespaces(request: web.Request) -> web.Response:
+    """GET /api/v1/namespaces: the one namespace this server holds."""
     return json_response([request.app[WHISK_KEY].settings.namespace])
 
 
 async def get_limits(request: web.Request) -> web.Response:
+    """GET /namespaces/_/limits: the namespace's limits, which clients size their fan-out to."""
     return json_response(_whisk(request).limits())
 
 
 async def list_actions(request: web.Request) -> web.Response:
+    """GET /namespaces/_/actions: action summaries, in OpenWhisk's skip/limit window."""
     whisk = _whisk(request)
     skip, limit = _list_window(request, "actions")
     return json_response([a.summary() for a in whisk.actions.list(skip, limit)])
 
 
 async def put_action(request: web.Request) -> web.Response:
+    """PUT an action (create, or update with overwrite=true); warm containers of it retire."""
     whisk = _whisk(request)
     name = request.match_info["name"]
     body = await _json_body(request)
@@ -227,6 +233,7 @@ async def put_action(request: web.Request) -> web.Response:
 
 
 async def get_action(request: web.Request) -> web.Response:
+    """GET one action, with its code unless code=false."""
     whisk = _whisk(request)
     name = request.match_info["name"]
     check_name(name)
@@ -235,6 +242,7 @@ async def get_action(request: web.Request) -> web.Response:
 
 
 async def delete_action(request: web.Request) -> web.Response:
+    """DELETE an action and retire its containers."""
     whisk = _whisk(request)
     name = request.match_info["name"]
     check_name(name)
@@ -312,18 +320,22 @@ def _record(request: web.Request) -> dict:
 
 
 async def get_activation(request: web.Request) -> web.Response:
+    """GET an activation record."""
     return json_response(_record(request))
 
 
 async def get_activation_result(request: web.Request) -> web.Response:
+    """GET an activation's response (status, success, result)."""
     return json_response(_record(request)["response"])
 
 
 async def get_activation_logs(request: web.Request) -> web.Response:
+    """GET an activation's log lines."""
     return json_response({"logs": _record(request)["logs"]})
 
 
 async def list_activations(request: web.Request) -> web.Response:
+    """GET activations newest first, filtered by name and since/upto, summaries unless docs=true."""
     whisk = _whisk(request)
     skip, limit = _list_window(request, "activations")
     since = _int_query(request, "since", None, "activations")

@@ -83,6 +83,7 @@ class Logs:
         self.truncated = False
 
     def add(self, stream: str, text: str) -> None:
+        """Add a line of ``stream``, or the truncation notice once past the limit."""
         if self.truncated:
             return
         self.size += len(text)
@@ -116,6 +117,7 @@ class Container:
 
     @property
     def alive(self) -> bool:
+        """Whether the runtime process is still running."""
         return self.process is not None and self.process.returncode is None
 
     async def start(self) -> None:

@@ -44,6 +44,7 @@ class Action:
 
     @property
     def key(self) -> tuple[str, str]:
+        """(name, version): what a warm container may serve."""
         return (self.name, self.version)
 
     def annotation(self, key: str) -> object:
@@ -105,17 +106,20 @@ class ActionStore:
         self.actions: dict[str, Action] = {}
 
     def get(self, name: str) -> Action:
+        """The action ``name``; OpenWhisk's 404 when there is none."""
         try:
             return self.actions[name]
         except KeyError:
             raise ApiError(404, "The requested resource does not exist.") from None
 
     def delete(self, name: str) -> Action:
+        """Remove the action ``name`` and return it (404 when there is none)."""
         action = self.get(name)
         del self.actions[name]
         return action
 
     def list(self, skip: int, limit: int) -> list[Action]:
+        """Actions most recently updated first, ``limit`` of them after ``skip``."""
         ordered = sorted(self.actions.values(), key=lambda a: a.updated, reverse=True)
         return ordered[skip:skip + limit]
 

@@ -43,10 +43,12 @@ MIB = 1024 * 1024
 
 
 def now_ms() -> int:
+    """The time in epoch milliseconds, as activation records give it."""
     return int(time.time() * 1000)
 
 
 def timeout_message(timeout_ms: int, init: bool) -> str:
+    """OpenWhisk's words for an activation stopped at its time limit."""
     return (f"The action exceeded its time limits of {timeout_ms} milliseconds"
             + (" during initialization." if init else "."))
 
@@ -200,6 +202,7 @@ class ContainerPool:
                 container.kill("oom")
 
     async def close(self) -> None:
+        """Cancel the activations waiting for a container and destroy every container."""
         for _, waiter in self._queue:
             waiter.cancel()
         self._queue.clear()

@@ -24,25 +24,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--port", type=int, default=d.port, help="port, 0 for any free one (default %(default)s)")
     add("--auth", default=None, help=f"accepted API key uuid:key (default: ${AUTH_ENV}, else the guest key)")
     add("--namespace", default=d.namespace, help="the namespace's name (default %(default)s)")
-    add("--invocations-per-minute", type=int, default=d.invocations_per_minute)
-    add("--concurrent-invocations", type=int, default=d.concurrent_invocations)
+    add("--invocations-per-minute", type=int, default=d.invocations_per_minute,
+        help="invokes a minute the namespace accepts before answering 429 (default %(default)s)")
+    add("--concurrent-invocations", type=int, default=d.concurrent_invocations,
+        help="activations in flight the namespace accepts before answering 429 (default %(default)s)")
     add("--user-memory", type=int, default=d.user_memory_mb, metavar="MB",
         help="memory for containers; the pool holds user-memory / action-memory of them")
-    add("--min-memory", type=int, default=d.min_memory_mb, metavar="MB")
-    add("--max-memory", type=int, default=d.max_memory_mb, metavar="MB")
-    add("--default-memory", type=int, default=d.default_memory_mb, metavar="MB")
-    add("--min-timeout", type=int, default=d.min_timeout_ms, metavar="MS")
-    add("--max-timeout", type=int, default=d.max_timeout_ms, metavar="MS")
-    add("--default-timeout", type=int, default=d.default_timeout_ms, metavar="MS")
-    add("--max-logs", type=int, default=d.max_logs_mb, metavar="MB")
-    add("--default-logs", type=int, default=d.default_logs_mb, metavar="MB")
+    add("--min-memory", type=int, default=d.min_memory_mb, metavar="MB",
+        help="smallest action memory limit accepted at PUT (default %(default)s)")
+    add("--max-memory", type=int, default=d.max_memory_mb, metavar="MB",
+        help="largest action memory limit accepted at PUT (default %(default)s)")
+    add("--default-memory", type=int, default=d.default_memory_mb, metavar="MB",
+        help="memory limit of an action that names none (default %(default)s)")
+    add("--min-timeout", type=int, default=d.min_timeout_ms, metavar="MS",
+        help="shortest action time limit accepted at PUT (default %(default)s)")
+    add("--max-timeout", type=int, default=d.max_timeout_ms, metavar="MS",
+        help="longest action time limit accepted at PUT (default %(default)s)")
+    add("--default-timeout", type=int, default=d.default_timeout_ms, metavar="MS",
+        help="time limit of an action that names none (default %(default)s)")
+    add("--max-logs", type=int, default=d.max_logs_mb, metavar="MB",
+        help="largest log limit accepted at PUT (default %(default)s)")
+    add("--default-logs", type=int, default=d.default_logs_mb, metavar="MB",
+        help="log limit of an action that names none (default %(default)s)")
     add("--max-payload", type=int, default=d.max_payload_bytes, metavar="BYTES",
         help="invoke payload and result limit")
-    add("--max-code", type=int, default=d.max_code_bytes, metavar="BYTES")
-    add("--max-blocking-wait", type=int, default=d.max_blocking_wait_ms, metavar="MS")
+    add("--max-code", type=int, default=d.max_code_bytes, metavar="BYTES",
+        help="largest action code accepted at PUT, else 413 (default %(default)s)")
+    add("--max-blocking-wait", type=int, default=d.max_blocking_wait_ms, metavar="MS",
+        help="how long a blocking invoke waits before answering 202 (default %(default)s)")
     add("--idle-container-seconds", type=float, default=d.idle_container_seconds,
         help="remove a warm container after this idle time")
-    add("--max-activation-records", type=int, default=d.max_activation_records)
+    add("--max-activation-records", type=int, default=d.max_activation_records,
+        help="activation records kept, oldest dropped first (default %(default)s)")
     add("--memory-poll-ms", type=int, default=d.memory_poll_ms,
         help="how often container memory is checked against the action's limit")
     faults = parser.add_argument_group("test-only fault injection (off by default)")
@@ -54,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="probability an activation hangs until its time limit")
     faults.add_argument("--latency-ms", type=int, default=0, metavar="N",
                         help="latency added to every invoke request")
-    faults.add_argument("--seed", type=int, default=None, metavar="N")
+    faults.add_argument("--seed", type=int, default=None, metavar="N",
+                        help="seed of the fault draws, for a repeatable run")
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:

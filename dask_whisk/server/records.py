@@ -16,11 +16,13 @@ class ActivationRecords:
         self._records: OrderedDict[str, dict] = OrderedDict()
 
     def add(self, record: dict) -> None:
+        """Keep ``record``, dropping the oldest beyond ``max_records``."""
         self._records[record["activationId"]] = record
         while len(self._records) > self.max_records:
             self._records.popitem(last=False)
 
     def get(self, activation_id: str) -> dict | None:
+        """The record of ``activation_id``, or None."""
         return self._records.get(activation_id)
 
     def query(self, *, name: str | None, since: int | None, upto: int | None,
