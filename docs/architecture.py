@@ -50,18 +50,10 @@ LAYERS: dict[str, tuple[str, tuple[float, float, float, float], tuple[str, ...]]
     "worker action": ("one activation: fetch, run, store", (73, 11, 25, 11),
                       ("worker_action", "worker_action.__main__")),
     "local server": ("OpenWhisk's REST API and runtime, locally", (75, 33, 23, 30),
-                     ("dask_whisk.server", "dask_whisk.server.main", "dask_whisk.server.local",
-                      "dask_whisk.server.api", "dask_whisk.server.entities",
-                      "dask_whisk.server.invoker", "dask_whisk.server.container",
-                      "dask_whisk.server.runtime", "dask_whisk.server.runtimes",
-                      "dask_whisk.server.records", "dask_whisk.server.faults",
-                      "dask_whisk.server.settings", "dask_whisk.server.process",
-                      "dask_whisk.server.launcher")),
+                     ("dask_whisk.server.*",)),
     "storage": ("one interface: a directory or Swift, with a client side and an activation side",
                 (2, 0, 96, 8),
-                ("dask_whisk.store", "dask_whisk.store.local", "dask_whisk.store.swift",
-                 "dask_whisk.store.swift_settings", "dask_whisk.store.swift_worker",
-                 "dask_whisk.store.clean", "dask_whisk.store.saio")),
+                ("dask_whisk.store.*",)),
 }
 
 #: the part of the canvas that stands for OpenWhisk (or the local server standing in for it)
@@ -124,10 +116,21 @@ def imports(name: str, source: str, known: set[str], is_package: bool = False) -
 def graph() -> dict[str, Any]:
     """The layers with their modules and every module-level import edge, as the JSON keeps them.
 
+    A member ``package.*`` of ``LAYERS`` stands for the package and every module below it.
     Raises ValueError naming any module missing from ``LAYERS`` (or listed there but gone)."""
     found = modules()
-    placed = [m for _, _, members in LAYERS.values() for m in members]
-    unplaced, gone = sorted(set(found) - set(placed)), sorted(set(placed) - set(found))
+    layers: dict[str, list[str]] = {}
+    gone = []
+    for layer, (_, _, members) in LAYERS.items():
+        layers[layer] = []
+        for member in members:
+            package = member.removesuffix(".*")
+            matched = [m for m in sorted(found) if m == member
+                       or (member.endswith(".*") and (m == package or m.startswith(package + ".")))]
+            layers[layer] += matched
+            gone += [] if matched else [member]
+    placed = [m for members in layers.values() for m in members]
+    unplaced = sorted(set(found) - set(placed))
     if unplaced or gone or len(placed) != len(set(placed)):
         raise ValueError(f"put every module in exactly one layer of docs/architecture.py LAYERS: "
                          f"not placed {unplaced}, no longer there {gone}")
@@ -136,7 +139,7 @@ def graph() -> dict[str, Any]:
         for target, kind in imports(source, path.read_text(), set(found), path.name == "__init__.py"):
             strongest[source, target] = min(strongest.get((source, target), kind), kind, key=KINDS.index)
     edges = sorted([source, target, kind] for (source, target), kind in strongest.items())
-    return {"layers": {layer: list(members) for layer, (_, _, members) in LAYERS.items()}, "edges": edges}
+    return {"layers": layers, "edges": edges}
 
 
 def digest(described: dict[str, Any]) -> str:
