@@ -47,7 +47,7 @@ LAYERS: dict[str, tuple[str, tuple[float, float, float, float], tuple[str, ...]]
     "diagnostics": ("job reports, timeline, progress", (51, 25, 15, 10),
                     ("dask_whisk.diagnostics", "dask_whisk.timeline", "dask_whisk.progress")),
     "protocol": ("the wire format of both sides", (51, 11, 15, 10), ("dask_whisk.protocol",)),
-    "worker action": ("one activation: fetch, run, store", (73, 11, 25, 11),
+    "worker action": ("one activation: fetch, run, store", (73, 11, 21, 11),
                       ("worker_action", "worker_action.__main__")),
     "local server": ("OpenWhisk's REST API and runtime, locally", (75, 33, 23, 30),
                      ("dask_whisk.server.*",)),
