@@ -12,6 +12,7 @@ import atexit
 import contextlib
 import logging
 import secrets
+import sys
 import threading
 import uuid
 from collections.abc import Coroutine
@@ -133,17 +134,23 @@ def _embedded_whisk() -> whisk_config.WhiskConfig:
         for key in [k for k in _backends if k[0] is None]:
             _backends.pop(key).close()
     if _embedded_server is None:
+        from .deploy import local_image
         from .server import ServerSettings, start_server_process
 
         # a key of its own per start, handed to the server by environment (never on a command
         # line other users can read): the published guest key would let any local user in
         auth = f"{uuid.uuid4()}:{secrets.token_hex(32)}"  # OpenWhisk's shape: uuid:64 alphanumerics
-        _embedded_server = start_server_process(ServerSettings(port=0, auth=auth, **EMBEDDED_LIMITS))
+        # the worker runs on an image of this very environment, so nothing is uploaded but
+        # the small zip; stock python:3.x actions there see only what a real image has
+        images = {local_image(): sys.executable}
+        _embedded_server = start_server_process(
+            ServerSettings(port=0, auth=auth, images=images, **EMBEDDED_LIMITS))
         atexit.register(_embedded_server.stop)
         logger.info(
-            "No OpenWhisk configured: using the embedded local OpenWhisk-compatible server at %s "
-            "(set WHISK_APIHOST/WHISK_AUTH or ~/.wskprops to use a real one)",
-            _embedded_server.url,
+            "No OpenWhisk configured: using the embedded local OpenWhisk-compatible server at %s, "
+            "the worker running as a blackbox action on %s, an image of this Python environment "
+            "(set WHISK_APIHOST/WHISK_AUTH or ~/.wskprops to use a real OpenWhisk)",
+            _embedded_server.url, local_image(),
         )
     return whisk_config.WhiskConfig(apihost=_embedded_server.url, auth=_embedded_server.auth,
                                     origin="embedded")

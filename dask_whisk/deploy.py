@@ -1,8 +1,9 @@
 """Create, update and check the worker action on OpenWhisk, and the ``dask-whisk deploy`` command.
 
 The action runs the artifact :mod:`dask_whisk.artifact` builds: the full zip for a stock
-``python:3.X`` runtime, or the small zip on the local server or on a blackbox image built from
-``worker_action/Dockerfile``. Its annotations record the dask-whisk version, Python and code it
+``python:3.X`` runtime, or the small zip on a blackbox image: one built from
+``worker_action/Dockerfile``, or on the local server the image of the client's own Python
+environment (``local_image()``). Its annotations record the dask-whisk version, Python and code it
 was built from, so a client can refuse an action that does not match it.
 """
 from __future__ import annotations
@@ -39,6 +40,12 @@ CODE_ANNOTATION = "dask-whisk-code"
 
 #: the blackbox base image the Dockerfile pins (openwhisk-runtime-python release 1.20.0)
 RUNTIME_IMAGE_TAG = "1.20.0"
+
+
+def local_image() -> str:
+    """The blackbox image name under which a local server runs this Python environment (the
+    embedded default registers it; ``dask-whisk server --image NAME=PATH`` can)."""
+    return f"dask-whisk/local-python:{host_python()}"
 
 
 def runtime_kind(python: str) -> str:
@@ -141,13 +148,15 @@ async def deploy_worker_action(client: Any, name: str = DEFAULT_ACTION, *, local
                                log: Callable[[str], None] = logger.info) -> dict[str, Any]:
     """Create or update the worker action and return OpenWhisk's record of it.
 
-    ``local``: the small zip, run by the local server with the host's packages. ``image``: a
-    blackbox image (from worker_action/Dockerfile) carrying the dependencies, with the small zip
-    as code. Otherwise the full zip for the ``python:<python>`` runtime.
+    ``image``: a blackbox image (from worker_action/Dockerfile) carrying the dependencies, with
+    the small zip as code; ``local``: the same on ``local_image()``, a local server's image of
+    this Python environment. Otherwise the full zip for the ``python:<python>`` runtime.
     """
     from .openwhisk import WhiskBadRequest, WhiskPayloadTooLarge
 
     python = check_python(python or host_python())
+    if local and image is None:
+        image = local_image()
     limits = await _namespace_limits(client)
     memory = _fit_limit("memory", "MB", memory_mb, DEFAULT_MEMORY_MB, limits.get("minActionMemory"),
                         limits.get("maxActionMemory"), "--memory", log)
@@ -164,7 +173,7 @@ async def deploy_worker_action(client: Any, name: str = DEFAULT_ACTION, *, local
                 f"{client.config.apihost} does not offer the runtime kind {kind!r} (its Python "
                 f"kinds: {', '.join(python_kinds)}). {blackbox_advice(python)}."
             )
-    with_dependencies = not local and image is None
+    with_dependencies = image is None
     code = await asyncio.to_thread(build_action_zip, with_dependencies=with_dependencies,
                                    python=python, cache_dir=cache_dir)
     annotations = [
@@ -275,7 +284,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--python", metavar="3.X", default=None,
                         help=f"Python of the runtime (default: this interpreter's, {host_python()})")
     parser.add_argument("--without-dependencies", action="store_true",
-                        help="deploy the small zip without virtualenv (for the local server)")
+                        help="deploy the small zip on a local server's image of this Python "
+                             f"environment, {local_image()} (dask-whisk server --image "
+                             f"{local_image()}=$(which python))")
     parser.add_argument("--zip-only", metavar="PATH",
                         help="write the action's zip to PATH and print its size; deploy nothing")
     parser.add_argument("--print-requirements", action="store_true",

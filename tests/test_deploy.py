@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import dask_whisk
+from _server_fixtures import THIS_PYTHON
 from dask_whisk import artifact, deploy
 from dask_whisk.cli import main as cli_main
 from dask_whisk.config import WhiskConfig
@@ -52,8 +53,9 @@ def full_zip_dir(full_zip, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server():
-    """A local server with OpenWhisk's stock limits (60/min, 30 concurrent, 128..512 MB)."""
-    with start_server_process() as handle:
+    """A local server with OpenWhisk's stock limits (60/min, 30 concurrent, 128..512 MB), which
+    knows this Python environment as an image (as the embedded default does)."""
+    with start_server_process(ServerSettings(images=THIS_PYTHON)) as handle:
         yield handle
 
 
@@ -168,6 +170,31 @@ def test_full_zip_runs_the_worker_with_only_its_virtualenv(full_zip_dir):
         assert answer[module].startswith(str(full_zip_dir / SITE)), answer[module]
 
 
+def test_full_zip_computes_on_the_local_servers_stock_kind(full_zip, server, local_store_root):
+    """The path a real deployment takes: the full zip on ``python:3.x``, whose containers see
+    only the standard library and the stock packages (tests/test_server_images.py), so
+    everything the worker imports comes from the zip's own virtualenv."""
+    import dask
+    import dask.array as da
+    import dask.bag as db
+
+    from dask_whisk import whisk_get
+
+    async def put():
+        async with client_for(server) as client:
+            return await deploy.deploy_worker_action(client, "full-worker", log=lambda _: None,
+                                                     cache_dir=None)
+    action = arun(put())
+    assert action["exec"]["kind"] == f"python:{PYTHON}"
+    x = da.arange(400, chunks=100).reshape(20, 20)
+    words = db.from_sequence(["a b", "b c", "c a b"], npartitions=3).str.split().flatten()
+    with dask.config.set({"whisk.apihost": server.url, "whisk.auth": server.auth,
+                          "whisk.action": "full-worker"}):
+        total, counts = dask.compute((x @ x.T).sum(), words.frequencies(), scheduler=whisk_get)
+    assert total == (x @ x.T).sum().compute(scheduler="sync")
+    assert sorted(counts) == [("a", 2), ("b", 3), ("c", 2)]
+
+
 def test_wheels_come_from_the_cache_on_a_second_build(full_zip, tmp_path, monkeypatch):
     # The session fixture filled ~/.cache/dask-whisk: a manifest now names every wheel, so a
     # second build asks no index. Proved by pointing pip at an index that refuses connections
@@ -259,7 +286,7 @@ def test_ensure_deploys_a_missing_action_once(server):
     notes = annotations_of(first)
     assert notes["dask-whisk-version"] == dask_whisk.__version__ and notes["dask-whisk-python"] == PYTHON
     assert notes["provide-api-key"] is False
-    assert first["exec"]["kind"] == f"python:{PYTHON}"
+    assert first["exec"]["kind"] == "blackbox" and first["exec"]["image"] == deploy.local_image()
     assert first["limits"]["memory"] == deploy.DEFAULT_MEMORY_MB
     assert first["limits"]["timeout"] == deploy.DEFAULT_TIMEOUT_MS
     assert second["version"] == first["version"], "an up-to-date action is not redeployed"
@@ -395,9 +422,19 @@ def server_auth() -> str:
 
 
 def test_a_blackbox_image_is_sent_as_kind_blackbox(server, capsys):
-    # The local server runs no images: it refuses kind 'blackbox', and the command says so.
+    # The small zip as code on the named image; the server accepts it as OpenWhisk does, and
+    # (not knowing the image) fails its activations as an image that cannot be pulled.
     code = cli_main(["deploy", "--apihost", server.url, "--auth", server.auth, "--name", "bb-worker",
                      "--image", "example/dask-whisk-worker:1.0"])
-    err = capsys.readouterr().err
-    assert code == 1 and "runtime 'blackbox' is not supported" in err
-    assert "local server runs no container images" in err
+    out = capsys.readouterr().out
+    assert code == 0 and "(blackbox, image example/dask-whisk-worker:1.0, " in out
+
+    async def fetch_and_run():
+        async with OpenWhiskClient(WhiskConfig(apihost=server.url, auth=server.auth)) as client:
+            action = await client.get_action("bb-worker", code=True)
+            return action, await client.run("bb-worker", {"ping": True})
+    action, record = arun(fetch_and_run())
+    assert action["exec"]["kind"] == "blackbox" and action["exec"]["image"] == "example/dask-whisk-worker:1.0"
+    assert zipfile.ZipFile(io.BytesIO(base64.b64decode(action["exec"]["code"]))).namelist()
+    assert record["response"]["result"] == {
+        "error": "Failed to pull container image 'example/dask-whisk-worker:1.0'."}

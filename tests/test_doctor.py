@@ -7,6 +7,7 @@ import base64
 import dask
 import pytest
 
+from _server_fixtures import THIS_PYTHON
 from dask_whisk import artifact, deploy
 from dask_whisk.cli import main as cli_main
 from dask_whisk.config import WhiskConfig
@@ -34,7 +35,7 @@ async def _deploy(handle, name: str = ACTION) -> None:
 def roomy_server():
     """A research-style deployment (limits raised), with the worker deployed."""
     with start_server_process(ServerSettings(
-            invocations_per_minute=100_000, concurrent_invocations=1_000)) as handle:
+            invocations_per_minute=100_000, concurrent_invocations=1_000, images=THIS_PYTHON)) as handle:
         arun(_deploy(handle))
         yield handle
 
@@ -42,7 +43,7 @@ def roomy_server():
 @pytest.fixture(scope="module")
 def stock_server():
     """OpenWhisk's stock limits: 60 invocations a minute, 30 concurrent."""
-    with start_server_process() as handle:
+    with start_server_process(ServerSettings(images=THIS_PYTHON)) as handle:
         arun(_deploy(handle))
         yield handle
 
@@ -103,8 +104,8 @@ def test_stock_limits_are_a_warning_with_numbers_and_the_way_to_raise_them(stock
 def test_limits_below_max_in_flight_name_the_chart_values_to_raise_and_to_what(capsys):
     """A deployment started with 5 concurrent and 600 a minute, a client configured for 200 at
     once: 200 activations of 0.5 s (whisk.unit-target-seconds) start 24,000 a minute."""
-    with start_server_process(ServerSettings(concurrent_invocations=5,
-                                             invocations_per_minute=600)) as low:
+    with start_server_process(ServerSettings(concurrent_invocations=5, invocations_per_minute=600,
+                                             images=THIS_PYTHON)) as low:
         arun(_deploy(low))
         with dask.config.set({"whisk.max-in-flight": 200}):
             code = cli_main(["doctor", "--apihost", low.url, "--auth", low.auth, "--name", ACTION,

@@ -30,9 +30,9 @@ ONE_GB = textwrap.dedent("""
 """)
 
 
-def test_a_one_gigabyte_array_arrives_on_the_default_action(tmp_path):
+def test_a_one_gigabyte_array_arrives_on_the_default_action(tmp_path, shared_tmp_path):
     """1.15 GB from 512 MB activations, the client's memory growing by under twice that."""
-    store = tmp_path / "store"
+    store = shared_tmp_path / "store"
     out = subprocess.run([sys.executable, "-c", ONE_GB, str(store)], capture_output=True, text=True,
                          timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -22,7 +22,8 @@ import pytest
 
 from _server_fixtures import run_raw, server_process  # noqa: F401 (fixtures)
 from dask_whisk.server import container as container_module
-from dask_whisk.server.container import Container, shared_tempdir
+from dask_whisk.server.container import Container
+from dask_whisk.store.local import shared_tempdir
 from dask_whisk.server.runtime import BUILD_FAILED, EXITED_DURING_INIT, START_FAILED
 
 KIND = f"python:3.{sys.version_info.minor}"
@@ -78,8 +79,8 @@ def with_runtime(folder: Path, scenario) -> None:
     """Run ``scenario(runtime)`` against a fresh container of the host's Python kind."""
     async def main() -> None:
         async with aiohttp.ClientSession() as session:
-            container = Container(("a", "0.0.1"), 256, sys.executable, folder, session)
-            await container.start()
+            container = Container(("a", "0.0.1"), 256, folder, session)
+            await container.start(sys.executable)
             try:
                 await scenario(Runtime(container))
             finally:

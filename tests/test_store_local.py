@@ -119,3 +119,17 @@ def test_the_store_folder_is_private_to_its_user(tmp_path):
         os.chown(foreign, 4321, 4321)
         with pytest.raises(PermissionError, match="belongs to user id 4321"):
             LocalJobStore("job-3", foreign)
+
+
+def test_a_store_under_tmp_is_refused_with_the_fix(tmp_path):
+    """Each local container's /tmp is its own: a job store there would be invisible to the
+    activations, so a job refuses it up front (pytest's tmp_path is under /tmp)."""
+    import pytest
+
+    from dask_whisk.store.local import default_root, open_job_store
+
+    assert str(tmp_path).startswith("/tmp/")
+    with pytest.raises(ValueError, match=r"under /tmp, which each container .* whisk.local.root"):
+        open_job_store(new_job_id(), tmp_path / "store")
+    assert not (tmp_path / "store").exists()
+    assert not str(default_root()).startswith("/tmp")

@@ -15,7 +15,6 @@ import os
 import secrets
 import shutil
 import socket
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,17 +33,6 @@ TRUNCATED_LOGS = "Logs were truncated because the total bytes size exceeds the l
 DEVELOPER_ERROR_LOGS = "The action did not initialize or run as expected. Log data might be missing."
 
 _ids = itertools.count(1)
-
-
-def shared_tempdir() -> str:
-    """A temporary directory the containers see as the machine's own: each container's /tmp is
-    private, so what containers and clients share (the servers' containers, the local store)
-    lives outside it, in ``/var/tmp`` when the system temp dir is /tmp."""
-    system = tempfile.gettempdir()
-    inside_tmp = system == "/tmp" or system.startswith("/tmp/")
-    if inside_tmp and os.path.isdir("/var/tmp") and os.access("/var/tmp", os.W_OK | os.X_OK):
-        return "/var/tmp"
-    return system
 
 
 class ContainerGone(Exception):
@@ -97,12 +85,11 @@ class Logs:
 class Container:
     """A runtime process serving one action version; created cold, then reused warm."""
 
-    def __init__(self, key: tuple[str, str], memory_mb: int, interpreter: str,
-                 base_dir: Path, session: aiohttp.ClientSession) -> None:
+    def __init__(self, key: tuple[str, str], memory_mb: int, base_dir: Path,
+                 session: aiohttp.ClientSession) -> None:
         self.id = next(_ids)
         self.key = key  # (action name, version): a container serves only this
         self.memory_mb = memory_mb
-        self.interpreter = interpreter
         self.workdir = base_dir / f"container-{self.id}"
         self.session = session
         self.process: asyncio.subprocess.Process | None = None
@@ -120,8 +107,9 @@ class Container:
         """Whether the runtime process is still running."""
         return self.process is not None and self.process.returncode is None
 
-    async def start(self) -> None:
-        """Start the process on a fresh listening socket; /init may be sent right away."""
+    async def start(self, python: str) -> None:
+        """Start the runtime under ``python`` (its image's interpreter) on a fresh listening
+        socket; /init may be sent right away."""
         tmp = self.workdir / PRIVATE_TMP  # the runtime makes it the container's /tmp
         await asyncio.get_running_loop().run_in_executor(None, tmp.mkdir, 0o700, True)
         env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
@@ -135,7 +123,7 @@ class Container:
             self.port = listener.getsockname()[1]
             fd = listener.fileno()
             self.process = await asyncio.create_subprocess_exec(
-                self.interpreter, RUNTIME_SCRIPT, str(fd), str(os.getpid()),
+                python, RUNTIME_SCRIPT, str(fd), str(os.getpid()),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, cwd=self.workdir, env=env,
                 pass_fds=(fd,), limit=1024 * 1024,

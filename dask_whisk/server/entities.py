@@ -164,24 +164,38 @@ class ActionStore:
             return None, None
         if not isinstance(value, dict) or not isinstance(value.get("kind"), str):
             raise ApiError(400, f"{MALFORMED}exec must be an object with a 'kind'")
+        blackbox = value["kind"] == "blackbox"
         code = value.get("code")
-        if not isinstance(code, str) or not code:
+        if blackbox and not (isinstance(code, str) and code.strip()):
+            code = None  # an image's own action (the runtime then refuses /init without code)
+        elif not isinstance(code, str) or not code:
             raise ApiError(400, f"{MALFORMED}exec.code must be a non-empty string")
-        if len(code) > self.settings.max_code_bytes:
+        if code is not None and len(code) > self.settings.max_code_bytes:
             raise ApiError(
                 413, f"Code larger than allowed: {len(code)} > {self.settings.max_code_bytes} bytes."
             )
-        try:
-            kind = self.runtimes.resolve(value["kind"])
-        except ValueError as exc:
-            raise ApiError(400, f"{MALFORMED}{exc}") from None
-        exec_ = {"kind": kind, "code": code, "binary": is_binary(code)}
+        if blackbox:
+            image = value.get("image")
+            if not isinstance(image, str) or not image:
+                raise ApiError(400, f"{MALFORMED}'image' must be a string defined in 'exec' for "
+                                    f"'blackbox' actions")
+            exec_ = {"kind": "blackbox", "image": image, "binary": bool(code) and is_binary(code)}
+            if code is not None:
+                exec_["code"] = code
+            interpreter = self.settings.images.get(image, "")  # unknown: fails at invoke, as a pull
+        else:
+            try:
+                kind = self.runtimes.resolve(value["kind"])
+            except ValueError as exc:
+                raise ApiError(400, f"{MALFORMED}{exc}") from None
+            exec_ = {"kind": kind, "code": code, "binary": is_binary(code)}
+            interpreter = self.runtimes.interpreters[kind]
         main = value.get("main")
         if main is not None:
             if not isinstance(main, str) or not main:
                 raise ApiError(400, f"{MALFORMED}exec.main must be a non-empty string")
             exec_["main"] = main
-        return exec_, self.runtimes.interpreters[kind]
+        return exec_, interpreter
 
     def _limits(self, value: object, current: dict | None) -> dict:
         s = self.settings

@@ -20,8 +20,10 @@ from pathlib import Path
 
 import aiohttp
 
-from .container import Container, ContainerGone, shared_tempdir
+from ..store.local import shared_tempdir
+from .container import Container, ContainerGone
 from .entities import Action
+from .images import IMAGE_PULL_ERROR, StockImages
 from .faults import ACTIVATION_FAULTS, FaultInjector
 from .records import ActivationRecords
 from .settings import ServerSettings
@@ -60,6 +62,10 @@ def _gone(gone: ContainerGone, timeout_ms: int, init: bool) -> tuple[int, dict, 
     if gone.reason == "oom":
         return DEVELOPER_ERROR, {"error": MEMORY_EXHAUSTED}, False
     return DEVELOPER_ERROR, {"error": ABNORMAL_INIT if init else ABNORMAL_RUN}, False
+
+
+class ImageMissing(Exception):
+    """A blackbox action names an image this server was not given (``--image``)."""
 
 
 class Throttles:
@@ -145,7 +151,7 @@ class ContainerPool:
                 self._remove(container)
             if self.used_mb + memory > self.capacity_mb:
                 return None
-        container = Container(action.key, memory, action.interpreter, self.base_dir, self.session)
+        container = Container(action.key, memory, self.base_dir, self.session)
         self.used_mb += memory
         self.busy.add(container)
         return container, True
@@ -228,6 +234,7 @@ class Invoker:
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._session: aiohttp.ClientSession | None = None
         self.pool: ContainerPool | None = None
+        self.images: StockImages | None = None
         self._housekeeping: list[asyncio.Task] = []
 
     async def start(self, api_host: str) -> None:
@@ -237,6 +244,7 @@ class Invoker:
         connector = aiohttp.TCPConnector(limit=0, force_close=False, enable_cleanup_closed=True)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         self.pool = ContainerPool(self.settings.user_memory_mb, Path(self._tmp.name), self._session)
+        self.images = StockImages(Path(self._tmp.name) / "images")
         self._housekeeping = [
             asyncio.create_task(self._every(min(1.0, self.settings.idle_container_seconds / 4),
                                             lambda: self.pool.reap_idle(self.settings.idle_container_seconds))),
@@ -327,12 +335,14 @@ class Invoker:
     async def _init(self, container: Container, action: Action, timeout_ms: int):
         """Start the process and send /init; None on success, else (status, result, timed out)."""
         try:
-            await container.start()
+            await container.start(await self._python(action))
+        except ImageMissing as exc:
+            return DEVELOPER_ERROR, {"error": str(exc)}, False
         except OSError as exc:
             log.error("cannot start a container process: %s", exc)
             return INTERNAL_ERROR, {"error": NO_RESOURCES}, False
         value = {"name": action.name, "main": action.exec.get("main", "main"),
-                 "code": action.exec["code"], "binary": action.exec["binary"],
+                 "code": action.exec.get("code", ""), "binary": action.exec["binary"],
                  "env": {"__OW_API_HOST": self.api_host}}
         body = json.dumps({"value": value}).encode()
         try:
@@ -343,6 +353,15 @@ class Invoker:
             error = _error_of(reply) or f"The action failed during initialization: {reply[:1024].decode('utf-8', 'replace')}"
             return DEVELOPER_ERROR, {"error": error}, False
         return None
+
+    async def _python(self, action: Action) -> str:
+        """The interpreter of the image ``action`` runs on: a registered blackbox image, or the
+        stock image of its ``python:3.x`` kind."""
+        if action.exec["kind"] == "blackbox":
+            if not action.interpreter:
+                raise ImageMissing(IMAGE_PULL_ERROR.format(action.exec["image"]))
+            return action.interpreter
+        return await self.images.python(action.interpreter)
 
     async def _run(self, container: Container, activation: Activation, timeout_ms: int):
         """Send /run; returns (status, result, timed out)."""

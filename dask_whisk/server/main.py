@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 from .settings import AUTH_ENV, FAULT_KINDS, GUEST_AUTH, READY_PREFIX, FaultSettings, ServerSettings
 
@@ -58,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="activation records kept, oldest dropped first (default %(default)s)")
     add("--memory-poll-ms", type=int, default=d.memory_poll_ms,
         help="how often container memory is checked against the action's limit")
+    add("--image", action="append", default=[], metavar="NAME=PATH", type=image_option,
+        help="run blackbox actions of image NAME (e.g. org/worker:1) in the Python environment "
+             "PATH (its interpreter, or a virtualenv's folder); repeatable")
     faults = parser.add_argument_group("test-only fault injection (off by default)")
     faults.add_argument("--fault-rate", type=float, default=0.0, metavar="R",
                         help="probability an invoke gets one of --fault-kinds")
@@ -69,6 +73,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="latency added to every invoke request")
     faults.add_argument("--seed", type=int, default=None, metavar="N",
                         help="seed of the fault draws, for a repeatable run")
+
+
+def image_option(text: str) -> tuple[str, str]:
+    """``NAME=PATH`` of ``--image``: the image name and the interpreter of its environment."""
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    python = Path(path).expanduser()
+    if python.is_dir():
+        python = python / "bin" / "python"
+    if not (python.is_file() and os.access(python, os.X_OK)):
+        raise argparse.ArgumentTypeError(
+            f"{path} is neither a Python interpreter nor a virtualenv folder with bin/python")
+    return name, str(python.absolute())
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
@@ -87,6 +105,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         max_blocking_wait_ms=args.max_blocking_wait,
         idle_container_seconds=args.idle_container_seconds,
         max_activation_records=args.max_activation_records, memory_poll_ms=args.memory_poll_ms,
+        images=dict(args.image),
         faults=FaultSettings(fault_rate=args.fault_rate, kinds=kinds, hang_rate=args.hang_rate,
                              latency_ms=args.latency_ms, seed=args.seed),
     )

@@ -1,10 +1,10 @@
 """Which action kinds the local server runs, and with which Python interpreter.
 
-The default kind is ``python:3.<host minor>``, run by the server's own interpreter (so actions
-see the server environment's site-packages, like packages preinstalled in a runtime image).
-Another ``python:3.X`` kind is offered only when a working ``python3.X`` is found on PATH; it then
-sees that interpreter's packages. ``python:3`` and ``python:default`` name the default kind.
-Anything else (nodejs, blackbox images, sequences) needs a real OpenWhisk and gets a 400 at PUT.
+The default kind is ``python:3.<host minor>``, on the server's own interpreter; another
+``python:3.X`` kind is offered only when a working ``python3.X`` is found on PATH. Either runs as
+OpenWhisk's stock image does (``images.py``): the standard library and the stock packages only.
+``python:3`` and ``python:default`` name the default kind. ``blackbox`` actions run on the images
+the server was given (``--image``); anything else (nodejs, sequences) gets a 400 at PUT.
 """
 from __future__ import annotations
 
@@ -36,9 +36,7 @@ class Runtimes:
         if kind in self.interpreters:
             return kind
         valid = "', '".join(sorted(self.interpreters))
-        # OpenWhisk itself accepts blackbox images; this server has no container engine to run them
-        local = ": the dask-whisk local server runs no container images" if kind == "blackbox" else ""
-        raise ValueError(f"The specified runtime '{kind}' is not supported by this platform{local}. "
+        raise ValueError(f"The specified runtime '{kind}' is not supported by this platform. "
                          f"Valid values are: '{valid}'.")
 
     def manifest(self) -> dict:

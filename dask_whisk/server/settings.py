@@ -78,6 +78,9 @@ class ServerSettings:
     idle_container_seconds: float = 600.0
     max_activation_records: int = 100_000
     memory_poll_ms: int = 100
+    #: blackbox images this server can run: image name -> the Python interpreter of an
+    #: environment with the image's packages installed (its local stand-in)
+    images: dict[str, str] = field(default_factory=dict)
     faults: FaultSettings = field(default_factory=FaultSettings)
 
     def __post_init__(self) -> None:
@@ -135,4 +138,6 @@ class ServerSettings:
         ]
         if self.faults.seed is not None:
             argv += ["--seed", str(self.faults.seed)]
+        for name, python in self.images.items():
+            argv += ["--image", f"{name}={python}"]
         return argv

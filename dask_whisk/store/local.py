@@ -20,12 +20,21 @@ from . import Buffer, JobStore, ObjectMissing, WorkerStore, check_range
 DESTROY_SECONDS = 5.0
 
 
+def shared_tempdir() -> str:
+    """A temporary directory the containers see as the machine's own: each container's /tmp is
+    private, so what containers and clients share (the servers' containers, the local store)
+    lives outside it, in ``/var/tmp`` when the system temp dir is /tmp."""
+    system = tempfile.gettempdir()
+    inside_tmp = system == "/tmp" or system.startswith("/tmp/")
+    if inside_tmp and os.path.isdir("/var/tmp") and os.access("/var/tmp", os.W_OK | os.X_OK):
+        return "/var/tmp"
+    return system
+
+
 def default_root() -> Path:
     """The directory holding job namespaces: dask config ``whisk.local.root``, else one in the
     temp dir the local server's containers share (theirs /tmp is their own)."""
     import dask.config
-
-    from ..server.container import shared_tempdir
 
     configured = dask.config.get("whisk.local.root", None)
     return Path(configured) if configured else Path(shared_tempdir()) / "dask-whisk-store"
@@ -127,8 +136,15 @@ class LocalJobStore(LocalWorkerStore, JobStore):
 
 
 def open_job_store(job_id: str, root: str | os.PathLike | None = None, **_: Any) -> LocalJobStore:
-    """Open (creating) the job directory ``root/job_id``."""
-    return LocalJobStore(job_id, root)
+    """Open (creating) the job directory ``root/job_id``, where the activations can see it."""
+    folder = Path(root).absolute() if root else default_root()
+    if folder == Path("/tmp") or Path("/tmp") in folder.parents:
+        raise ValueError(
+            f"The local store folder {folder} is under /tmp, which each container of the local "
+            "server has to itself, so activations would not find the job's data: set "
+            "whisk.local.root (DASK_WHISK__LOCAL__ROOT) to a folder outside /tmp, or leave it "
+            f"unset for {Path(shared_tempdir()) / 'dask-whisk-store'}")
+    return LocalJobStore(job_id, folder)
 
 
 def open_worker_store(access: dict[str, Any]) -> LocalWorkerStore:
