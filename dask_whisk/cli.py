@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "swift-saio": ("dask_whisk.store.saio", "start, stop or inspect a single-node Swift on loopback"),
     "clean": ("dask_whisk.store.clean", "delete job objects a killed client left in the store"),
     "deploy": ("dask_whisk.deploy", "build the worker action and create or update it on OpenWhisk"),
+    "runtime": ("dask_whisk.runtime", "build, list or delete runtimes: packages activations fetch from the store"),
     "doctor": ("dask_whisk.doctor", "check an OpenWhisk and Swift configuration end to end"),
     "report": ("dask_whisk.diagnostics", "print a saved job report and draw its timeline (--png)"),
     "capacity": ("dask_whisk.capacity", "size an OpenWhisk Helm deployment for N workers at once, and price a job"),

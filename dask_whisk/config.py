@@ -41,6 +41,9 @@ SETTINGS: dict[str, tuple[Any, str]] = {
                            "`dask-whisk-store` in /var/tmp (created private to you, refused if "
                            "another user owns it)"),
     "action": ("dask-whisk-worker", "name of the worker action"),
+    "runtime": (None, "a runtime in the store (`dask-whisk runtime build`) whose packages every "
+                      "activation of a job puts on its path first; unset: none "
+                      "(`whisk_get(..., runtime=NAME)` for one job)"),
     "action-memory": (None, "MB of the worker action `whisk_get` deploys when it is missing; unset: "
                             "512, within the namespace's range"),
     "action-timeout": (None, "ms of the worker action `whisk_get` deploys; unset: 300000, within range"),

@@ -89,6 +89,7 @@ class JobReport:
             "wait": (notes.get("waitTime") or 0) / 1000,
             "init": (notes.get("initTime") or 0) / 1000,
             "fetch": float(stats.get("fetch_s") or 0.0),
+            "runtime": float(stats.get("runtime_s") or 0.0),  # fetching and unpacking a runtime
         }
         for phase in ("decode", "compute", "store"):
             entry[phase] = sum(float(u.get(f"{phase}_s", 0.0)) for u in units_stats)

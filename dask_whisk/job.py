@@ -92,8 +92,10 @@ class Job:
     known before running (array chunks), for messages."""
 
     def __init__(self, backend: Backend, plan: Plan, retries: Mapping[Key, int] | None = None,
-                 sizes: Mapping[Key, int] | None = None):
+                 sizes: Mapping[Key, int] | None = None, runtime: dict[str, Any] | None = None):
         self.backend = backend
+        #: the grant of the runtime every activation puts on its path first, if any
+        self.runtime = runtime
         self.plan = plan
         self.retries = dict(retries or {})
         self.sizes = dict(sizes or {})
@@ -222,7 +224,8 @@ class Job:
         # of these attempts. One grant each, however many inputs and outputs the units have.
         writes = [protocol.output_prefix(c.unit, c.attempt) for c in calls]
         access = await loop.run_in_executor(None, self.store.worker_access, [""], writes)
-        inv = protocol.Invocation(job=self.id, mac_key=self.mac_key, store=access, units=calls)
+        inv = protocol.Invocation(job=self.id, mac_key=self.mac_key, store=access, units=calls,
+                                  runtime=self.runtime)
         body = inv.to_json()
         if len(json.dumps(body, separators=(",", ":"))) <= protocol.PAYLOAD_BUDGET_BYTES:
             return body, []
@@ -233,7 +236,7 @@ class Job:
                                             protocol.seal(frame, self.mac_key, name))
         manifest_access = await loop.run_in_executor(None, self.store.worker_access, [name], [])
         inv = protocol.Invocation(job=self.id, mac_key=self.mac_key, store=manifest_access,
-                                  manifest=protocol.stored_ref(name, nbytes))
+                                  manifest=protocol.stored_ref(name, nbytes), runtime=self.runtime)
         return inv.to_json(), [name]
 
     async def run_units(self, units: list[Unit], backup: bool = False) -> Ran:

@@ -283,6 +283,8 @@ class Invocation:
     store: dict[str, Any]
     units: list[UnitCall] = field(default_factory=list)
     manifest: dict[str, Any] | None = None
+    #: the runtime the units need on ``sys.path`` first (``dask_whisk.runtime.Runtimes.grant``)
+    runtime: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
         return f"Invocation(job={self.job!r}, units={[u.unit for u in self.units]}, manifest={self.manifest})"
@@ -295,6 +297,8 @@ class Invocation:
             body["manifest"] = self.manifest
         else:
             body["units"] = [u.to_json() for u in self.units]
+        if self.runtime is not None:
+            body["runtime"] = self.runtime
         return body
 
     @classmethod
@@ -312,6 +316,7 @@ class Invocation:
             store=params["store"],
             units=[UnitCall.from_json(u) for u in params.get("units", ())],
             manifest=params.get("manifest"),
+            runtime=params.get("runtime"),
         )
 
 

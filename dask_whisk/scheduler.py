@@ -29,6 +29,7 @@ from .callback_state import callback_state, mark
 from .fuse import FuseSettings
 from .job import Job
 from .plan import Unit, annotated, array_layouts, as_task_graph, build_plan, flat_keys, known_sizes
+from .runtime import job_runtime
 from .diagnostics import begin, record
 
 Key = Hashable
@@ -50,11 +51,14 @@ def fuse_settings(parallelism: int) -> FuseSettings:
                         max_bytes=memory_mb * 1024 * 1024 // 4)
 
 
-def get(dsk: Mapping | Any, keys: Sequence[Key] | Key, callbacks=None, **kwargs: Any) -> Any:
+def get(dsk: Mapping | Any, keys: Sequence[Key] | Key, callbacks=None, runtime: str | None = None,
+        **kwargs: Any) -> Any:
     """Compute ``keys`` of ``dsk`` on OpenWhisk; results in the nested structure of ``keys``.
 
     Accepts whatever Dask hands a scheduler (a graph mapping or a collection expression);
-    unknown keyword arguments are ignored, as by Dask's own schedulers.
+    unknown keyword arguments are ignored, as by Dask's own schedulers. ``runtime``: the name of
+    a runtime in the store (``dask-whisk runtime build``) the activations use; else
+    ``whisk.runtime``.
     """
     started = time.perf_counter()
     cap = dask.config.get("whisk.max-in-flight")
@@ -70,7 +74,8 @@ def get(dsk: Mapping | Any, keys: Sequence[Key] | Key, callbacks=None, **kwargs:
     sizes = known_sizes(dsk, graph)  # array chunks' bytes, from their layers' annotations
     sources = {k: sizes[k] for k, node in graph.items() if not node.dependencies and k in sizes}
     plan = build_plan(graph, keys, sources, fuse_settings(parallelism))
-    job = Job(backend, plan, retries=annotated(dsk, "retries"), sizes=sizes)
+    job = Job(backend, plan, retries=annotated(dsk, "retries"), sizes=sizes,
+              runtime=job_runtime(runtime))
     begin(job.report)
     with local_callbacks(callbacks) as cbs:
         start, start_state, pretask, posttask, finish = unpack_callbacks(cbs)

@@ -15,10 +15,16 @@ import pickle
 # Set before anything imports numpy; an explicit setting in the environment wins.
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
+import hashlib
+import importlib
 import platform
 import resource
+import sys
+import tempfile
+import threading
 import time
 import warnings
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -38,6 +44,11 @@ FUNCTION_CACHE = 256
 #: distinct warnings a unit reports at most (a loop warning with a new message each time
 #: must not fill the result)
 MAX_WARNINGS = 20
+#: runtimes on this container's path: hash -> their unpacked folder (kept for its life)
+_runtimes: dict[str, str] = {}
+_runtime_lock = threading.Lock()
+#: a runtime is read in ranges of this size, so its zip is never held in memory whole
+RUNTIME_RANGE_BYTES = 16 * 1024 * 1024
 #: files whose frames start every task's traceback: left out of the traceback users see
 _MACHINERY = (__file__, _task_spec.__file__)
 
@@ -161,6 +172,45 @@ class _Placer:
             write.result()
 
 
+def _use_runtime(grant: dict[str, Any]) -> float:
+    """Put the runtime ``grant`` names on ``sys.path``, fetching and unpacking it into this
+    container's temporary directory on first use; the seconds that took (0.0 when warm).
+
+    The zip is read in ranges to a file and its hash checked before anything is unpacked; the
+    tree is unpacked beside its final name and renamed into place, so no import ever sees half
+    of it, and a lock keeps two threads of one container from doing it twice."""
+    digest = grant["digest"]
+    with _runtime_lock:
+        if digest in _runtimes:
+            return 0.0
+        started = time.perf_counter()
+        target = os.path.join(tempfile.gettempdir(), f"dask-whisk-runtime-{digest[:32]}")
+        if not os.path.isdir(target):
+            store = open_worker_store(grant["store"])
+            check = hashlib.sha256()
+            with tempfile.TemporaryDirectory(prefix=".dask-whisk-runtime-") as scratch:
+                packed = os.path.join(scratch, "runtime.zip")
+                with open(packed, "wb") as f:
+                    for start in range(0, grant["nbytes"], RUNTIME_RANGE_BYTES):
+                        chunk = store.get_range(grant["object"], start,
+                                                min(start + RUNTIME_RANGE_BYTES, grant["nbytes"]))
+                        check.update(chunk)
+                        f.write(chunk)
+                if check.hexdigest() != digest:
+                    raise protocol.TamperedObject(
+                        f"The runtime {grant['name']!r} read from the store does not match its "
+                        f"hash {digest[:16]}: it was changed after it was built; rebuild it with "
+                        "`dask-whisk runtime build`")
+                unpacked = os.path.join(scratch, "tree")
+                with zipfile.ZipFile(packed) as archive:
+                    archive.extractall(unpacked)
+                os.rename(unpacked, target)
+        sys.path.insert(0, target)
+        importlib.invalidate_caches()
+        _runtimes[digest] = target
+        return time.perf_counter() - started
+
+
 def _pong(args: dict[str, Any]) -> dict[str, Any]:
     """Answer a health check; with a store descriptor, prove the store is writable from here."""
     answer = {
@@ -197,6 +247,7 @@ def main(args: dict[str, Any]) -> dict[str, Any]:
     inv = protocol.Invocation.from_json(args)
     store = open_worker_store(inv.store)
     try:
+        runtime_s = _use_runtime(inv.runtime) if inv.runtime else 0.0
         calls, store = _calls(inv, store)
         frames = iter(_fetch([ref for c in calls for ref in (c.spec, *c.inputs)], store))
         fetched = time.perf_counter()
@@ -244,6 +295,7 @@ def main(args: dict[str, Any]) -> dict[str, Any]:
     envelope = protocol.BatchResult(results, {
         "duration_s": time.perf_counter() - started,
         "fetch_s": fetched - started,
+        "runtime_s": runtime_s,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "cold": _served == 1,
         "pid": os.getpid(),
