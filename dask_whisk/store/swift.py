@@ -65,38 +65,22 @@ def open_worker_store(access: dict[str, Any]) -> SwiftWorkerStore:
     return SwiftWorkerStore(access)
 
 
-class SwiftJobStore(JobStore):
-    """The client's handle on a job's Swift namespace (a container, or a prefix in one)."""
+class SwiftAccount:
+    """A Swift account reached with the user's settings: authenticated connections (one per
+    thread), failures turned into :class:`StoreError`, the cluster's capabilities, listings, bulk
+    deletes and prefix-based TempURL signatures. The job store and the ``swift://`` filesystem
+    (:mod:`dask_whisk.store.swiftfs`) are both built on it."""
 
-    def __init__(self, job_id: str, settings: SwiftSettings, create: bool = True):
-        """Authenticate; with ``create``, also make the job's container and choose worker access."""
-        self.job_id = job_id
+    def __init__(self, settings: SwiftSettings):
+        """Authenticate now (bad settings fail here, clearly) and read the cluster's /info."""
         self.settings = settings
-        self.own_container = settings.container is None
-        self.container = job_id if self.own_container else settings.container
-        self.namespace = "" if self.own_container else f"{job_id}/"
-        age = job_age_seconds(job_id)
-        self.started = time.time() - (age if age is not None and age >= 0 else 0.0)
         self._local = threading.local()
         self._conns: list[Any] = []
         self._lock = threading.Lock()
-        self._segmented: set[str] = set()
-        #: when each job token was first seen (monotonic), to replace old ones in time
-        self._token_born: dict[str, float] = {}
         conn = self._connect_checked()
-        self.storage_url = conn.url
+        self.storage_url: str = conn.url
         self._capabilities = self._capabilities_of(conn)
-        self._tempurl_key: str | None = None
         self._digest = self._choose_digest()
-        if create:
-            if self.own_container:
-                self._call("PUT container", "", conn.put_container, self.container)
-            try:
-                self._tempurl_key = self._choose_tempurl_key(conn)
-            except SwiftConfigError:
-                if self.own_container:  # refused before any activation: leave nothing behind
-                    self._call("DELETE container", "", conn.delete_container, self.container)
-                raise
 
     # connections and errors -----------------------------------------------------------------------
 
@@ -170,9 +154,8 @@ class SwiftJobStore(JobStore):
         try:
             return fn(*args, **kwargs)
         except ClientException as exc:
-            if exc.http_status == 404 and what.startswith(("GET object", "HEAD object")):
-                raise ObjectMissing(f"Object {name!r} is not in Swift job namespace "
-                                    f"{self.job_id}") from None
+            if exc.http_status == 404 and (missing := self._missing(what, name)) is not None:
+                raise missing from None
             if exc.http_status == 401 and not self.settings.auth_url:
                 raise StoreError(f"Swift refused {what} {name!r}: the token in OS_AUTH_TOKEN "
                                  "(whisk.swift.token) expired or was revoked, and without "
@@ -186,6 +169,116 @@ class SwiftJobStore(JobStore):
             if type(exc).__module__.startswith(("requests", "urllib3")):
                 raise StoreError(f"Swift {what} {name!r} failed: {type(exc).__name__}") from None
             raise
+
+    def _missing(self, what: str, name: str) -> StoreError | None:
+        """The error for a 404 answer to ``what`` (None: report it as a failure)."""
+        return ObjectMissing(f"Swift {what} {name!r}: not found")
+
+    def close(self) -> None:
+        """Close every connection this account opened (objects are untouched)."""
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
+
+    # TempURLs -------------------------------------------------------------------------------------
+
+    def account_tempurl_key(self) -> str | None:
+        """The account's TempURL key (``X-Account-Meta-Temp-URL-Key`` or its ``-2``), if set."""
+        account = self._call("HEAD account", "", self._conn().head_account)
+        return account.get("x-account-meta-temp-url-key") or \
+            account.get("x-account-meta-temp-url-key-2")
+
+    def _choose_digest(self) -> str:
+        allowed = self._capabilities.get("tempurl", {}).get("allowed_digests", ["sha1"])
+        return next((d for d in ("sha256", "sha512", "sha1") if d in allowed), "sha256")
+
+    def sign(self, container: str, prefix: str, method: str, expires: int, key: str) -> str:
+        """A prefix-based TempURL signature: ``method`` on every object of ``container`` whose
+        name starts with ``prefix``, until ``expires`` (Unix time)."""
+        from swiftclient.utils import generate_temp_url
+
+        account_path = urllib.parse.urlsplit(self.storage_url).path.rstrip("/")
+        url = generate_temp_url(f"{account_path}/{container}/{prefix}", expires, key, method,
+                                absolute=True, prefix=True, digest=self._digest)
+        return urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["temp_url_sig"][0]
+
+    # listing and bulk delete ----------------------------------------------------------------------
+
+    def listing(self, container: str, prefix: str = "", delimiter: str | None = None) -> list[dict]:
+        """Every entry of ``container`` under ``prefix``, page after page (Swift answers at most
+        10,000 per request); raises :class:`ObjectMissing` if the container does not exist."""
+        _, entries = self._call("GET container", container, self._conn().get_container, container,
+                                prefix=prefix or None, delimiter=delimiter, full_listing=True)
+        return entries
+
+    def bulk_delete(self, container: str, objects: list[str]) -> None:
+        """Delete objects of ``container`` in bulk requests; objects already gone are fine."""
+        if not objects:
+            return
+        conn = self._conn()
+        if "bulk_delete" not in self._capabilities:
+            for obj in objects:
+                try:
+                    conn.delete_object(container, obj)
+                except Exception as exc:
+                    if getattr(exc, "http_status", None) != 404:
+                        raise StoreError(f"Swift DELETE of {obj!r} failed: "
+                                         f"{getattr(exc, 'http_status', None)}") from None
+            return
+        limit = min(BULK_DELETE_BATCH,
+                    self._capabilities["bulk_delete"].get("max_deletes_per_request", 10000))
+        for i in range(0, len(objects), limit):
+            body = "\n".join(urllib.parse.quote(f"/{container}/{o}")
+                             for o in objects[i:i + limit]).encode()
+            _, reply = self._call("bulk delete in", container, conn.post_account,
+                                  headers={"Content-Type": "text/plain",
+                                           "Accept": "application/json"},
+                                  query_string="bulk-delete", data=body)
+            try:
+                result = json.loads(reply)
+            except ValueError:
+                raise StoreError("Swift bulk delete answered with no JSON status") from None
+            failed = [(path, status) for path, status in result.get("Errors", [])
+                      if not str(status).startswith("404")]
+            if failed or not str(result.get("Response Status", "")).startswith(("2", "404")):
+                detail = "; ".join(f"{path}: {status}" for path, status in failed[:3])
+                raise StoreError(f"Swift bulk delete in {container!r} failed: "
+                                 f"{result.get('Response Status')} {detail}".rstrip())
+
+
+class SwiftJobStore(SwiftAccount, JobStore):
+    """The client's handle on a job's Swift namespace (a container, or a prefix in one)."""
+
+    def __init__(self, job_id: str, settings: SwiftSettings, create: bool = True):
+        """Authenticate; with ``create``, also make the job's container and choose worker access."""
+        self.job_id = job_id
+        self.own_container = settings.container is None
+        self.container = job_id if self.own_container else settings.container
+        self.namespace = "" if self.own_container else f"{job_id}/"
+        age = job_age_seconds(job_id)
+        self.started = time.time() - (age if age is not None and age >= 0 else 0.0)
+        self._segmented: set[str] = set()
+        #: when each job token was first seen (monotonic), to replace old ones in time
+        self._token_born: dict[str, float] = {}
+        super().__init__(settings)
+        conn = self._conn()
+        self._tempurl_key: str | None = None
+        if create:
+            if self.own_container:
+                self._call("PUT container", "", conn.put_container, self.container)
+            try:
+                self._tempurl_key = self._choose_tempurl_key(conn)
+            except SwiftConfigError:
+                if self.own_container:  # refused before any activation: leave nothing behind
+                    self._call("DELETE container", "", conn.delete_container, self.container)
+                raise
+
+    def _missing(self, what: str, name: str) -> StoreError | None:
+        if what.startswith(("GET object", "HEAD object")):
+            return ObjectMissing(f"Object {name!r} is not in Swift job namespace {self.job_id}")
+        return super()._missing(what, name) if what == "GET container" else None
 
     def _object(self, name: str) -> str:
         return self.namespace + check_name(name)
@@ -210,9 +303,7 @@ class SwiftJobStore(JobStore):
                 "This Swift has no tempurl middleware, so activations could only be handed your "
                 f"token: add tempurl to the proxy pipeline, or set {TOKEN_OPT_IN} to accept that")
         if mode in ("auto", "account"):
-            account = self._call("HEAD account", "", conn.head_account)
-            key = account.get("x-account-meta-temp-url-key") or \
-                account.get("x-account-meta-temp-url-key-2")
+            key = self.account_tempurl_key()
             if key:
                 return key
             if mode == "account":
@@ -229,10 +320,6 @@ class SwiftJobStore(JobStore):
         self._call("POST container", self.container, conn.post_container, self.container,
                    {"X-Container-Meta-Temp-URL-Key": key})
         return key
-
-    def _choose_digest(self) -> str:
-        allowed = self._capabilities.get("tempurl", {}).get("allowed_digests", ["sha1"])
-        return next((d for d in ("sha256", "sha512", "sha1") if d in allowed), "sha256")
 
     def _fresh_token(self) -> str:
         """A token that works now and is at most ``token-refresh`` seconds old (if renewable).
@@ -261,13 +348,7 @@ class SwiftJobStore(JobStore):
 
     def _sign(self, method: str, prefix: str, expires: int) -> str:
         """A prefix-based TempURL signature: ``method`` on every object whose name starts so."""
-        from swiftclient.utils import generate_temp_url
-
-        account_path = urllib.parse.urlsplit(self.storage_url).path.rstrip("/")
-        url = generate_temp_url(f"{account_path}/{self.container}/{prefix}", expires,
-                                self._tempurl_key, method, absolute=True, prefix=True,
-                                digest=self._digest)
-        return urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["temp_url_sig"][0]
+        return self.sign(self.container, prefix, method, expires, self._tempurl_key)
 
     def worker_access(self, read: Iterable[str], write: Iterable[str]) -> dict[str, Any]:
         """Grants by name prefix: one prefix-based TempURL signature per prefix and method (plus
@@ -402,72 +483,25 @@ class SwiftJobStore(JobStore):
         raise StoreError(f"Swift job namespace {self.job_id} still has objects after 5 rounds "
                          "of deletes")
 
-    def close(self) -> None:
-        with self._lock:
-            conns, self._conns = self._conns, []
-        for conn in conns:
-            conn.close()
-        self._local = threading.local()
-
     # listing and bulk delete ----------------------------------------------------------------------
 
     def _list(self, prefix: str) -> list[str]:
         try:
-            _, listing = self._conn().get_container(self.container, prefix=prefix or None,
-                                                    full_listing=True)
-        except Exception as exc:
-            if getattr(exc, "http_status", None) == 404:
-                return []
-            raise StoreError(f"Swift listing of {self.container!r} failed: "
-                             f"{getattr(exc, 'http_status', None) or type(exc).__name__}") from None
-        return [entry["name"] for entry in listing]
+            return [entry["name"] for entry in self.listing(self.container, prefix)]
+        except ObjectMissing:
+            return []
 
     def _segment_owners(self) -> set[str]:
         """Names of the objects that have segments stored now (one delimited listing)."""
         prefix = f"{self.namespace}{SEGMENTS_DIR}"
         try:
-            _, listing = self._conn().get_container(self.container, prefix=prefix, delimiter="/",
-                                                    full_listing=True)
-        except Exception as exc:
-            if getattr(exc, "http_status", None) == 404:
-                return set()
-            raise StoreError(f"Swift listing of {self.container!r} failed: "
-                             f"{getattr(exc, 'http_status', None) or type(exc).__name__}") from None
+            listing = self.listing(self.container, prefix, delimiter="/")
+        except ObjectMissing:
+            return set()
         return {entry["subdir"][len(prefix):].rstrip("/") for entry in listing if "subdir" in entry}
 
     def _bulk_delete(self, objects: list[str]) -> None:
-        """Delete objects of the container in bulk requests; objects already gone are fine."""
-        if not objects:
-            return
-        conn = self._conn()
-        if "bulk_delete" not in self._capabilities:
-            for obj in objects:
-                try:
-                    conn.delete_object(self.container, obj)
-                except Exception as exc:
-                    if getattr(exc, "http_status", None) != 404:
-                        raise StoreError(f"Swift DELETE of {obj!r} failed: "
-                                         f"{getattr(exc, 'http_status', None)}") from None
-            return
-        limit = min(BULK_DELETE_BATCH,
-                    self._capabilities["bulk_delete"].get("max_deletes_per_request", 10000))
-        for i in range(0, len(objects), limit):
-            body = "\n".join(urllib.parse.quote(f"/{self.container}/{o}")
-                             for o in objects[i:i + limit]).encode()
-            _, reply = self._call("bulk delete in", self.container, conn.post_account,
-                                  headers={"Content-Type": "text/plain",
-                                           "Accept": "application/json"},
-                                  query_string="bulk-delete", data=body)
-            try:
-                result = json.loads(reply)
-            except ValueError:
-                raise StoreError("Swift bulk delete answered with no JSON status") from None
-            failed = [(path, status) for path, status in result.get("Errors", [])
-                      if not str(status).startswith("404")]
-            if failed or not str(result.get("Response Status", "")).startswith(("2", "404")):
-                detail = "; ".join(f"{path}: {status}" for path, status in failed[:3])
-                raise StoreError(f"Swift bulk delete in {self.container!r} failed: "
-                                 f"{result.get('Response Status')} {detail}".rstrip())
+        self.bulk_delete(self.container, objects)
 
 
 def open_job_store(job_id: str, **options: Any) -> SwiftJobStore:

@@ -62,20 +62,88 @@ def byte_slices(views: list[memoryview], start: int, stop: int) -> Iterator[memo
             return
 
 
+class SwiftHTTP:
+    """HTTP/1.1 requests to one Swift endpoint with bounded, jittered retries of transient
+    failures (resets, 5xx, 408, 429); one connection per thread. Shared by the job store's
+    activation side and the ``swift://`` filesystem inside activations."""
+
+    def __init__(self, url: str, options: dict[str, Any]):
+        """``url``: any URL of the endpoint; ``options``: ``retries``, ``backoff``, ``timeout``."""
+        split = urllib.parse.urlsplit(url)
+        self._scheme, self._netloc = split.scheme, split.netloc
+        self._retries = int(options.get("retries", 5))
+        self._backoff = float(options.get("backoff", 0.5))
+        self._timeout = float(options.get("timeout", 60))
+        self._local = threading.local()
+
+    def _conn(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
+            conn = self._local.conn = cls(self._netloc, timeout=self._timeout)
+        return conn
+
+    def _drop_conn(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def request(self, method: str, path: str, headers: dict[str, str], *, what: str,
+                body: Sequence[Any] | None = None, size: int = 0,
+                content_type: str = "application/octet-stream",
+                byte_range: tuple[int, int] | None = None) -> tuple[int, dict, Any]:
+        """``method`` on ``path`` (with its query); returns status, lower-cased headers and the
+        body (read whole for a successful GET). ``body`` parts are byte views or seekable files
+        (rewound before each attempt); ``what`` names the request in errors."""
+        if byte_range is not None:
+            headers = {**headers, "Range": f"bytes={byte_range[0]}-{byte_range[1] - 1}"}
+        delay = self._backoff
+        for attempt in range(self._retries + 1):
+            try:
+                conn = self._conn()
+                conn.putrequest(method, path, skip_accept_encoding=True)
+                for header, value in headers.items():
+                    conn.putheader(header, value)
+                if method == "PUT":
+                    conn.putheader("Content-Length", str(size))
+                    conn.putheader("Content-Type", content_type)
+                conn.endheaders()
+                for part in body or ():
+                    if hasattr(part, "seek"):
+                        part.seek(0)
+                    conn.send(part)
+                resp = conn.getresponse()
+                status = resp.status
+                data = _read_body(resp) if method == "GET" and status in (200, 206) else resp.read()
+                if resp.will_close:
+                    self._drop_conn()
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop_conn()
+                if attempt == self._retries:
+                    raise StoreError(f"Swift {what} failed after {attempt + 1} attempts: "
+                                     f"{type(exc).__name__}") from None
+            else:
+                if status not in RETRY_STATUSES:
+                    return status, {k.lower(): v for k, v in resp.getheaders()}, data
+                if attempt == self._retries:
+                    raise StoreError(f"Swift {what} failed after {attempt + 1} attempts: "
+                                     f"HTTP {status}")
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 30.0)
+        raise AssertionError("unreachable")
+
+
 class SwiftWorkerStore(WorkerStore):
     """An activation's reads and writes, over signed TempURLs or a job token, with retries."""
 
     def __init__(self, access: dict[str, Any]):
         self._access = access
         self._base = access["url"].rstrip("/") + "/"   # .../v1/AUTH_x/container/ (+ namespace)
-        split = urllib.parse.urlsplit(self._base)
-        self._scheme, self._netloc, self._base_path = split.scheme, split.netloc, split.path
+        self._base_path = urllib.parse.urlsplit(self._base).path
         self._namespace = access.get("namespace", "")
         self._segment_size = int(access["segment_size"])
-        self._retries = int(access.get("retries", 5))
-        self._backoff = float(access.get("backoff", 0.5))
-        self._timeout = float(access.get("timeout", 60))
-        self._local = threading.local()
+        self._http = SwiftHTTP(self._base, access)
 
     # URLs and headers ---------------------------------------------------------------------------
 
@@ -108,62 +176,15 @@ class SwiftWorkerStore(WorkerStore):
     def _segment_prefix(self, name: str) -> str:
         return f"{self._namespace}{SEGMENTS_DIR}{name}/"
 
-    # HTTP -----------------------------------------------------------------------------------------
-
-    def _conn(self) -> http.client.HTTPConnection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
-            conn = self._local.conn = cls(self._netloc, timeout=self._timeout)
-        return conn
-
-    def _drop_conn(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
-
     def _request(self, method: str, name: str, *, segment: str | None = None,
                  body: list[memoryview] | None = None, size: int = 0,
                  content_type: str = "application/octet-stream",
                  byte_range: tuple[int, int] | None = None) -> tuple[int, dict, Any]:
         """One request with bounded retries; returns status, headers and the body (GET) or None."""
         path, headers = self._target(method, name, segment)
-        if byte_range is not None:
-            headers = {**headers, "Range": f"bytes={byte_range[0]}-{byte_range[1] - 1}"}
         what = f"{method} of {name!r}" if segment is None else f"{method} of a segment of {name!r}"
-        delay = self._backoff
-        for attempt in range(self._retries + 1):
-            try:
-                conn = self._conn()
-                conn.putrequest(method, path, skip_accept_encoding=True)
-                for header, value in headers.items():
-                    conn.putheader(header, value)
-                if method == "PUT":
-                    conn.putheader("Content-Length", str(size))
-                    conn.putheader("Content-Type", content_type)
-                conn.endheaders()
-                for view in body or ():
-                    conn.send(view)
-                resp = conn.getresponse()
-                status = resp.status
-                data = _read_body(resp) if method == "GET" and status in (200, 206) else resp.read()
-                if resp.will_close:
-                    self._drop_conn()
-            except (OSError, http.client.HTTPException) as exc:
-                self._drop_conn()
-                if attempt == self._retries:
-                    raise StoreError(f"Swift {what} failed after {attempt + 1} attempts: "
-                                     f"{type(exc).__name__}") from None
-            else:
-                if status not in RETRY_STATUSES:
-                    return status, {k.lower(): v for k, v in resp.getheaders()}, data
-                if attempt == self._retries:
-                    raise StoreError(f"Swift {what} failed after {attempt + 1} attempts: "
-                                     f"HTTP {status}")
-            time.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 30.0)
-        raise AssertionError("unreachable")
+        return self._http.request(method, path, headers, what=what, body=body, size=size,
+                                  content_type=content_type, byte_range=byte_range)
 
     def _check(self, status: int, name: str, method: str) -> None:
         if status == 404 and method == "GET":
