@@ -87,6 +87,9 @@ def _nested(flat: Mapping[str, Any]) -> dict[str, Any]:
 DEFAULTS: dict[str, Any] = {"whisk": _nested({k: default for k, (default, _) in SETTINGS.items()})}
 
 dask.config.update_defaults(DEFAULTS)
+# Without a distributed client dask.dataframe shuffles through partd on the client's disk, which
+# activations cannot reach: shuffle with tasks unless the user chose otherwise.
+dask.config.update_defaults({"dataframe": {"shuffle": {"method": "tasks"}}})
 
 
 

@@ -112,16 +112,20 @@ def as_task_graph(graph: Mapping) -> dict[Key, GraphNode]:
 
 
 def check_runs_remotely(graph: Mapping[Key, GraphNode]) -> None:
-    """Refuse graphs that shuffle through ``partd`` on the client's disk (dask.bag's disk groupby)."""
+    """Refuse graphs that shuffle through ``partd`` on the client's disk (dask.bag's disk groupby,
+    dask.dataframe's ``shuffle_method="disk"``)."""
     for key, node in graph.items():
         func = getattr(node, "func", None)
         while isinstance(func, functools.partial):
             func = func.func
-        if (getattr(func, "__module__", None) or "").split(".")[0] == "partd":
+        on_disk = (getattr(func, "__module__", None) or "").split(".")[0] == "partd"
+        if on_disk or type(func).__name__ == "maybe_buffered_partd":  # dataframe's partd handle
             raise LocalDiskGraphError(
                 f"Task {key!r} shuffles through partd on this machine's local disk, which "
-                "OpenWhisk activations cannot reach. Use a task-based shuffle instead, e.g. "
-                "bag.groupby(..., shuffle='tasks')."
+                "OpenWhisk activations cannot reach. Use a task-based shuffle instead: "
+                "bag.groupby(..., shuffle='tasks'); for dataframes leave dask config "
+                "'dataframe.shuffle.method' at 'tasks' (dask-whisk's default) or pass "
+                "shuffle_method='tasks'."
             )
 
 

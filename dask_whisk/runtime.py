@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
+import importlib.metadata
 import io
 import json
 import re
@@ -23,7 +24,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from .artifact import (WORKER_IMPORTS, DeployError, _add, _wheel_members, check_python,
+from .artifact import (DeployError, _add, _wheel_members, check_python,
                        default_cache_dir, download_wheels, host_python, worker_requirements)
 from .store import JobStore, ObjectMissing, open_job_store
 
@@ -49,12 +50,28 @@ def _read_requirements(path: str) -> list[str]:
     return [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
 
 
+def pinned(requirements: list[str], python: str) -> list[str]:
+    """``requirements`` with each bare name this client has installed pinned to its version, when
+    the runtime is for this client's Python: values pickled here then load the same code there."""
+    if python != host_python():
+        return list(requirements)
+    out = []
+    for requirement in requirements:
+        try:
+            bare = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", requirement) is not None
+            out.append(f"{requirement}=={importlib.metadata.version(requirement)}" if bare else requirement)
+        except importlib.metadata.PackageNotFoundError:
+            out.append(requirement)
+    return out
+
+
 def pack(requirements: list[str], python: str, cache_dir: Path | None = None) -> tuple[bytes, list[str], int]:
     """The runtime zip for ``requirements`` on CPython ``python``, its packages (``name==version``)
     and its unpacked size. Deterministic: the same wheels give the same bytes (and hash)."""
-    own = {re.sub(r"[-_.]+", "-", d).lower() for d in WORKER_IMPORTS.values()}
-    wheels = download_wheels(worker_requirements(python) + requirements, python,
-                             cache_dir or default_cache_dir())
+    cache = cache_dir or default_cache_dir()
+    # what the worker zip's virtualenv already has (its packages and theirs) stays out
+    own = {_dist_name(w) for w in download_wheels(worker_requirements(python), python, cache)}
+    wheels = download_wheels(worker_requirements(python) + pinned(requirements, python), python, cache)
     buffer, packages, unpacked = io.BytesIO(), [], 0
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for wheel in sorted(wheels):

@@ -197,7 +197,7 @@ def test_culls_to_requested_keys():
 
 
 def test_disk_shuffle_is_refused_with_advice():
-    bag = db.from_sequence(range(10), npartitions=2).groupby(lambda v: v % 2)
+    bag = db.from_sequence(range(10), npartitions=2).groupby(lambda v: v % 2, shuffle="disk")
     with pytest.raises(LocalDiskGraphError, match="shuffle='tasks'"):
         build_plan(bag.__dask_graph__(), bag.__dask_keys__())
 

@@ -26,15 +26,27 @@ PACKAGE = "tabulate==0.10.0"
 ACTION = "runtime-worker"
 
 
+def redeploy(server) -> None:
+    """Deploy the full worker zip again: a new action version, so the next activations start
+    in new containers (a warm one keeps a runtime with the same hash, whatever its name)."""
+    async def put() -> None:
+        async with OpenWhiskClient(WhiskConfig(apihost=server.url, auth=server.auth)) as client:
+            await deploy_worker_action(client, ACTION, log=lambda _: None)
+    asyncio.run(put())
+
+
+@pytest.fixture
+def stock_server(module_stock_server):
+    """A local server with only its stock python:3.x kind used, the full worker zip freshly
+    deployed (no warm container) for each test."""
+    redeploy(module_stock_server)
+    return module_stock_server
+
+
 @pytest.fixture(scope="module")
-def stock_server():
-    """A local server with only its stock python:3.x kind used: the full worker zip deployed."""
+def module_stock_server():
     with start_server_process(ServerSettings(invocations_per_minute=100_000,
                                              concurrent_invocations=100)) as server:
-        async def put() -> None:
-            async with OpenWhiskClient(WhiskConfig(apihost=server.url, auth=server.auth)) as client:
-                await deploy_worker_action(client, ACTION, log=lambda _: None)
-        asyncio.run(put())
         yield server
 
 
@@ -78,9 +90,11 @@ def test_a_runtime_built_by_the_cli_is_fetched_once_per_container(stock_server, 
     got, report = run_job(stock_server, "tables")
     assert got == ["1  2", "3  4"]
     check_fetched_once(report)
+    zip_name = Runtimes().resolve("tables")["object"]
+    assert (local_store_root / NAMESPACE / zip_name).is_file()
     assert cli_main(["runtime", "delete", "tables"]) == 0
     assert "deleted tables" in capsys.readouterr().out
-    assert sorted(p.name for p in (local_store_root / NAMESPACE).iterdir()) == ["index.json"]
+    assert not (local_store_root / NAMESPACE / zip_name).exists()  # no other name used it
 
 
 def test_a_runtime_in_swift_is_fetched_with_a_read_only_grant(stock_server, swift_env, capsys):

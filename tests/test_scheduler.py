@@ -237,10 +237,14 @@ def test_unpicklable_task_fails_before_any_invoke(store):
     assert activations_count() == before
 
 
-def test_disk_shuffle_is_refused(local_store_root):
-    b = db.from_sequence(range(10), npartitions=2).groupby(lambda v: v % 2)
+def test_disk_shuffle_is_refused_and_the_default_shuffles_with_tasks(local_store_root):
+    numbers = db.from_sequence(range(10), npartitions=2)
     with pytest.raises(LocalDiskGraphError, match="shuffle='tasks'"):
-        b.compute(scheduler=whisk_get)
+        numbers.groupby(lambda v: v % 2, shuffle="disk").compute(scheduler=whisk_get)
+    # importing dask_whisk made 'tasks' dask's default (without it: 'disk', through partd)
+    assert dask.config.get("dataframe.shuffle.method") == "tasks"
+    got = dict(numbers.groupby(lambda v: v % 2).compute(scheduler=whisk_get))
+    assert sorted(got[0]) == [0, 2, 4, 6, 8] and sorted(got[1]) == [1, 3, 5, 7, 9]
 
 
 class Recorder(Callback):

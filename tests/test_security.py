@@ -20,6 +20,7 @@ import pytest
 
 from dask_whisk import backend, whisk_get
 from dask_whisk.server.settings import GUEST_AUTH
+from dask_whisk.store.local import shared_tempdir
 
 
 async def status_with(url: str, auth: str) -> int:
@@ -168,7 +169,8 @@ def test_another_local_user_cannot_use_the_embedded_server_its_containers_or_the
     children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     ports = container_ports(pid)
     assert ports and children, "no container found: the test proves nothing"
-    shared_tmp = Path(tempfile.mkdtemp(prefix="dask-whisk-shared-tmp-"))  # a /tmp of its own
+    # a sticky world-writable folder like /tmp, where containers see it too (theirs is private)
+    shared_tmp = Path(tempfile.mkdtemp(prefix="dask-whisk-shared-tmp-", dir=shared_tempdir()))
     shared_tmp.chmod(0o1777)
     mine, squat = shared_tmp / "mine", shared_tmp / "dask-whisk-store"
     target = {"url": server.url, "guest": GUEST_AUTH, "containers": ports, "server_pid": pid,
