@@ -286,6 +286,41 @@ def client_tasks(tasks: Mapping[Key, GraphNode], task_deps: Mapping[Key, set[Key
     return ordered
 
 
+#: graphs up to this many tasks are ordered by ``dask.order``; larger ones by
+#: :func:`depth_first_order`, since dask.order's cost grows faster than the graph (measured:
+#: 11 of the 20 profiled seconds of planning 100,000 tasks) while its gain there is small
+ORDER_MAX_TASKS = 20_000
+
+
+def depth_first_order(dsk: Mapping[Key, GraphNode], outputs: list[Key]) -> dict[Key, int]:
+    """A priority for every key: a depth-first postorder from ``outputs`` (then any key left),
+    so each task comes right after its inputs and one branch is finished before the next starts,
+    as dask.order aims for, in time linear in the graph. Inputs are visited in ``str`` order,
+    so the result does not depend on hashing."""
+    priority: dict[Key, int] = {}
+    for start in [*outputs, *dsk]:
+        if start in priority or start not in dsk:
+            continue
+        stack = [(start, iter(_sorted_deps(dsk[start])))]
+        entered = {start}
+        while stack:
+            key, deps = stack[-1]
+            for dep in deps:
+                if dep not in priority and dep not in entered and dep in dsk:
+                    entered.add(dep)
+                    stack.append((dep, iter(_sorted_deps(dsk[dep]))))
+                    break
+            else:
+                stack.pop()
+                priority[key] = len(priority)
+    return priority
+
+
+def _sorted_deps(node: GraphNode) -> list[Key]:
+    deps = node.dependencies
+    return sorted(deps, key=str) if len(deps) > 1 else list(deps)
+
+
 def build_plan(graph: Mapping, keys: Key | list, sizes: Mapping[Key, int] | None = None,
                settings: FuseSettings = FuseSettings()) -> Plan:
     """Plan the computation of ``keys`` (one key or nested lists, as Dask passes) from ``graph``.
@@ -294,7 +329,7 @@ def build_plan(graph: Mapping, keys: Key | list, sizes: Mapping[Key, int] | None
     wanted = flat_keys(keys)
     dsk = cull(as_task_graph(graph), wanted)
     check_runs_remotely(dsk)
-    priority = order(dsk) if dsk else {}
+    priority = (order(dsk) if len(dsk) <= ORDER_MAX_TASKS else depth_first_order(dsk, wanted)) if dsk else {}
     aliases = _resolve_aliases(dsk)
     data = {k: node.value for k, node in dsk.items() if isinstance(node, DataNode)}
     tasks = {k: node for k, node in dsk.items() if k not in aliases and k not in data}

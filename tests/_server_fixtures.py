@@ -19,7 +19,7 @@ from dask_whisk.deploy import local_image
 from dask_whisk.server import ServerProcess, ServerSettings, start_server_process
 from dask_whisk.store.local import shared_tempdir
 
-__all__ = ["shared_folder", "server_process", "server_factory", "server_npm_dir", "RawWhisk", "run_raw", "ROOMY", "THIS_PYTHON",
+__all__ = ["shared_folder", "own_local_store", "server_process", "server_factory", "server_npm_dir", "RawWhisk", "run_raw", "ROOMY", "THIS_PYTHON",
            "whisk_on"]
 
 #: the image of this Python environment, on which the small worker zip runs (as on the
@@ -34,6 +34,20 @@ def shared_folder() -> Path:
     """A new private folder that the local server's containers see too (their /tmp is their own):
     for a local store, or files tasks leave for each other."""
     return Path(tempfile.mkdtemp(prefix="dask-whisk-test-", dir=shared_tempdir()))
+
+
+@pytest.fixture(scope="module")
+def own_local_store():
+    """A local store root for one module's jobs and runtimes (a runtime stays in the store,
+    which the session's ``local_store_root`` must not keep: it is checked empty after jobs)."""
+    import shutil
+
+    import dask
+
+    root = shared_folder()
+    with dask.config.set({"whisk.store": "local", "whisk.local.root": str(root)}):
+        yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

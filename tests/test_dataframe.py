@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from _server_fixtures import own_local_store  # noqa: F401 (a fixture)
 from dask_whisk import whisk_get
 from dask_whisk.cli import main as cli_main
 from dask_whisk.config import WhiskConfig
@@ -87,7 +88,7 @@ def test_a_shuffle_through_the_clients_disk_is_refused_with_the_setting_that_avo
 
 
 @pytest.fixture(scope="module")
-def stock_server_with_dataframe_runtime():
+def stock_server_with_dataframe_runtime(own_local_store):
     """A local server running the full worker zip on its stock kind, and a runtime of pandas
     and pyarrow (the client's versions) in the local store."""
     assert cli_main(["runtime", "build", "pandas", "pyarrow", "--name", "dataframe"]) == 0
@@ -101,7 +102,7 @@ def stock_server_with_dataframe_runtime():
     assert cli_main(["runtime", "delete", "dataframe"]) == 0
 
 
-def test_dataframes_on_the_stock_kind_with_a_runtime(local_store_root, shared_tmp_path,
+def test_dataframes_on_the_stock_kind_with_a_runtime(own_local_store, shared_tmp_path,
                                                      stock_server_with_dataframe_runtime):
     server = stock_server_with_dataframe_runtime
     with dask.config.set({"whisk.apihost": server.url, "whisk.auth": server.auth,

@@ -205,3 +205,40 @@ def test_disk_shuffle_is_refused_with_advice():
 def test_missing_key_is_a_clear_error():
     with pytest.raises(KeyError, match="not in the graph"):
         build_plan({"a": 1}, ["b"])
+
+
+def test_depth_first_order_finishes_each_branch_and_respects_dependencies():
+    from dask_whisk.plan import depth_first_order
+
+    tree = {"l0": (operator.add, 0, 1), "l1": (operator.add, 1, 1), "l2": (operator.add, 2, 1),
+            "l3": (operator.add, 3, 1), "m0": (operator.add, "l0", "l1"),
+            "m1": (operator.add, "l2", "l3"), "root": (operator.add, "m0", "m1")}
+    priority = depth_first_order(as_task_graph(tree), ["root"])
+    assert sorted(priority, key=priority.get) == ["l0", "l1", "m0", "l2", "l3", "m1", "root"]
+    rng = random.Random(3)  # a random DAG: every input before its task, every key once
+    dag = {f"k{i}": (sum, [f"k{j}" for j in rng.sample(range(i), min(i, 3))]) for i in range(300)}
+    graph = as_task_graph(dag)
+    priority = depth_first_order(graph, ["k299", "k10"])
+    assert sorted(priority.values()) == list(range(300))
+    assert all(priority[d] < priority[k] for k, node in graph.items() for d in node.dependencies)
+
+
+def test_a_graph_over_the_order_limit_plans_the_same_work(monkeypatch):
+    """Above ORDER_MAX_TASKS the plan is ordered depth-first: every task is still in exactly
+    one unit, and each unit runs its tasks after the inputs it computes itself."""
+    import dask_whisk.plan as plan
+
+    x = da.ones((40, 40), chunks=5)
+    target = (x @ x.T).sum()
+    graph, keys = dict(target.__dask_graph__()), target.__dask_keys__()
+    monkeypatch.setattr(plan, "ORDER_MAX_TASKS", 10)
+    big = build_plan(graph, keys)
+    monkeypatch.setattr(plan, "ORDER_MAX_TASKS", 10**9)
+    small = build_plan(graph, keys)
+    assert sorted(map(str, (k for u in big.units.values() for k in u.keys))) == \
+        sorted(map(str, (k for u in small.units.values() for k in u.keys)))
+    for unit in big.units.values():
+        done = set()
+        for key, node in unit.tasks.items():
+            assert not (set(node.dependencies) & set(unit.tasks)) - done, (unit.name, key)
+            done.add(key)

@@ -10,7 +10,7 @@ import dask
 import pytest
 
 import dask_whisk
-from _server_fixtures import RawWhisk
+from _server_fixtures import RawWhisk, own_local_store  # noqa: F401 (a fixture)
 from dask_whisk import whisk_get
 from dask_whisk.artifact import host_python
 from dask_whisk.protocol import TamperedObject
@@ -78,7 +78,7 @@ def check_fetched_once(report) -> None:
     assert activations[1]["runtime"] == 0, "the warm container fetched it again"
 
 
-def test_a_runtime_built_by_the_cli_is_fetched_once_per_container(stock_server, local_store_root, capsys):
+def test_a_runtime_built_by_the_cli_is_fetched_once_per_container(stock_server, own_local_store, capsys):
     out = built(capsys, "tables")
     assert out.startswith(f"tables: Python {host_python()} manylinux_x86_64")
     assert "tabulate==0.10.0" in out and "numpy" not in out  # the worker's own packages stay out
@@ -91,10 +91,10 @@ def test_a_runtime_built_by_the_cli_is_fetched_once_per_container(stock_server, 
     assert got == ["1  2", "3  4"]
     check_fetched_once(report)
     zip_name = Runtimes().resolve("tables")["object"]
-    assert (local_store_root / NAMESPACE / zip_name).is_file()
+    assert (own_local_store / NAMESPACE / zip_name).is_file()
     assert cli_main(["runtime", "delete", "tables"]) == 0
     assert "deleted tables" in capsys.readouterr().out
-    assert not (local_store_root / NAMESPACE / zip_name).exists()  # no other name used it
+    assert not (own_local_store / NAMESPACE / zip_name).exists()  # no other name used it
 
 
 def test_a_runtime_in_swift_is_fetched_with_a_read_only_grant(stock_server, swift_env, capsys):
@@ -113,7 +113,7 @@ def test_a_runtime_in_swift_is_fetched_with_a_read_only_grant(stock_server, swif
         assert cli_main(["runtime", "delete", "tables-swift"]) == 0
 
 
-def test_a_missing_or_mismatched_runtime_is_refused_before_any_invocation(stock_server, local_store_root):
+def test_a_missing_or_mismatched_runtime_is_refused_before_any_invocation(stock_server, own_local_store):
     runtimes = Runtimes()
     try:
         runtimes.add("old-python", b"PK\x05\x06" + bytes(18), "3.9", ["tabulate==0.10.0"], 0)
@@ -133,7 +133,7 @@ def test_a_missing_or_mismatched_runtime_is_refused_before_any_invocation(stock_
     assert asyncio.run(activations()) == before, "an activation was invoked"
 
 
-def test_a_changed_runtime_is_refused_by_the_worker(stock_server, local_store_root, capsys):
+def test_a_changed_runtime_is_refused_by_the_worker(stock_server, own_local_store, capsys):
     built(capsys, "tampered")
     runtimes = Runtimes()
     try:
