@@ -37,6 +37,7 @@ WORKER_IMPORTS = {
     "toolz": "toolz",
     "tlz": "toolz",
     "yaml": "pyyaml",
+    "fsspec": "fsspec",  # the swift:// filesystem, unpickled in activations
 }
 
 #: Linux x86-64 platforms the runtime images can load (Debian bookworm, glibc 2.36; older
@@ -130,10 +131,11 @@ def _imports_at_load(source: str, module: str, is_package: bool) -> set[str]:
 
 
 def worker_roots() -> list[str]:
-    """The ``dask_whisk`` modules the worker loads: the package, its protocol, every store backend."""
+    """The ``dask_whisk`` modules the worker loads: the package, its protocol, every store backend,
+    and the ``swift://`` filesystem (unpickled from the graphs that use it)."""
     from dask_whisk.store import BACKENDS
 
-    roots = ["dask_whisk", "dask_whisk.protocol", "dask_whisk.store"]
+    roots = ["dask_whisk", "dask_whisk.protocol", "dask_whisk.store", "dask_whisk.store.swiftfs"]
     for kind, module in sorted(BACKENDS.items()):
         if _module_file(module) is None:
             logger.warning("store backend %r (%s) is not installed: the worker action built now "

@@ -29,7 +29,7 @@ from .backend import Backend
 from .openwhisk import WhiskConnectionError, WhiskServerError, WhiskTimeout
 from .plan import Plan, Unit
 from .diagnostics import new_report
-from .store import new_job_id, open_job_store
+from .store import new_job_id, open_job_store, swift_grants
 
 Key = Hashable
 logger = logging.getLogger(__name__)
@@ -96,6 +96,8 @@ class Job:
         self.backend = backend
         #: the grant of the runtime every activation puts on its path first, if any
         self.runtime = runtime
+        #: grants on the user's swift:// data the graph names (made by :meth:`prepare`)
+        self.grants: dict[str, Any] | None = None
         self.plan = plan
         self.retries = dict(retries or {})
         self.sizes = dict(sizes or {})
@@ -133,7 +135,9 @@ class Job:
     def prepare(self) -> None:
         """Serialise the client-held values and, of each kind of task, the first unit, so that
         what cannot be pickled fails here, before any invoke; the other units are serialised in
-        dispatch order by a thread of their own while the first ones run (see :meth:`wait_specs`)."""
+        dispatch order by a thread of their own while the first ones run (see :meth:`wait_specs`).
+        First, the graph's swift:// paths are granted (refused here if they cannot be)."""
+        self.grants = swift_grants.for_graph(self.plan)
         for key, value in self.plan.data.items():
             self.refs[key] = self._count(self._place(protocol.object_name(key),
                                                      self._encode(value, f"value of {key!r}")))
@@ -225,7 +229,7 @@ class Job:
         writes = [protocol.output_prefix(c.unit, c.attempt) for c in calls]
         access = await loop.run_in_executor(None, self.store.worker_access, [""], writes)
         inv = protocol.Invocation(job=self.id, mac_key=self.mac_key, store=access, units=calls,
-                                  runtime=self.runtime)
+                                  runtime=self.runtime, grants=self.grants)
         body = inv.to_json()
         if len(json.dumps(body, separators=(",", ":"))) <= protocol.PAYLOAD_BUDGET_BYTES:
             return body, []
@@ -236,7 +240,8 @@ class Job:
                                             protocol.seal(frame, self.mac_key, name))
         manifest_access = await loop.run_in_executor(None, self.store.worker_access, [name], [])
         inv = protocol.Invocation(job=self.id, mac_key=self.mac_key, store=manifest_access,
-                                  manifest=protocol.stored_ref(name, nbytes), runtime=self.runtime)
+                                  manifest=protocol.stored_ref(name, nbytes), runtime=self.runtime,
+                                  grants=self.grants)
         return inv.to_json(), [name]
 
     async def run_units(self, units: list[Unit], backup: bool = False) -> Ran:

@@ -285,6 +285,8 @@ class Invocation:
     manifest: dict[str, Any] | None = None
     #: the runtime the units need on ``sys.path`` first (``dask_whisk.runtime.Runtimes.grant``)
     runtime: dict[str, Any] | None = None
+    #: the job's grants on the user's swift:// data (``dask_whisk.store.swift_grants``)
+    grants: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
         return f"Invocation(job={self.job!r}, units={[u.unit for u in self.units]}, manifest={self.manifest})"
@@ -299,6 +301,8 @@ class Invocation:
             body["units"] = [u.to_json() for u in self.units]
         if self.runtime is not None:
             body["runtime"] = self.runtime
+        if self.grants is not None:
+            body["grants"] = self.grants
         return body
 
     @classmethod
@@ -317,6 +321,7 @@ class Invocation:
             units=[UnitCall.from_json(u) for u in params.get("units", ())],
             manifest=params.get("manifest"),
             runtime=params.get("runtime"),
+            grants=params.get("grants"),
         )
 
 

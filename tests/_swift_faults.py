@@ -73,6 +73,9 @@ class SwiftFaultProxy:
         self.faults: collections.Counter[str] = collections.Counter()
         #: (method, path without query, fault kind) of every injected fault, in order
         self.log: list[tuple[str, str, str]] = []
+        #: (method, path without query, body) of every request received, in order: in front of
+        #: any HTTP server (an OpenWhisk's too), what that server was sent
+        self.received: list[tuple[str, str, bytes]] = []
         self.port = port or saio.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._lock = threading.Lock()
@@ -130,6 +133,8 @@ class SwiftFaultProxy:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         fault = self._draw()
         body = await request.read()
+        with self._lock:
+            self.received.append((request.method, request.path, body))
         if fault is not None and fault not in ("reset-after", "truncate"):
             self._count(request, fault)
             if fault == "reset":

@@ -75,6 +75,7 @@ def test_small_zip_holds_the_entry_point_and_only_the_worker_modules():
         "__main__.py", "dask_whisk/__init__.py", "dask_whisk/config.py", "dask_whisk/protocol.py",
         "dask_whisk/store/__init__.py", "dask_whisk/store/local.py", "dask_whisk/store/swift.py",
         "dask_whisk/store/swift_settings.py", "dask_whisk/store/swift_worker.py",
+        "dask_whisk/store/swift_grants.py", "dask_whisk/store/swiftfs.py",
     }
     entry = (importlib.resources.files("worker_action") / "__main__.py").read_bytes()
     assert zipfile.ZipFile(io.BytesIO(code)).read("__main__.py") == entry

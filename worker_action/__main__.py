@@ -32,7 +32,7 @@ from dask import _task_spec
 
 import dask_whisk
 from dask_whisk import protocol
-from dask_whisk.store import WorkerStore, open_worker_store
+from dask_whisk.store import WorkerStore, open_worker_store, swift_grants
 
 #: activations served by this container process so far (0 during the first: a cold start)
 _served = 0
@@ -245,6 +245,7 @@ def main(args: dict[str, Any]) -> dict[str, Any]:
         return _pong(args)
     started = time.perf_counter()
     inv = protocol.Invocation.from_json(args)
+    swift_grants.install(inv.grants)  # the job's swift:// paths: the only ones its tasks may use
     store = open_worker_store(inv.store)
     try:
         runtime_s = _use_runtime(inv.runtime) if inv.runtime else 0.0

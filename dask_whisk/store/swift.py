@@ -190,6 +190,12 @@ class SwiftAccount:
         return account.get("x-account-meta-temp-url-key") or \
             account.get("x-account-meta-temp-url-key-2")
 
+    def container_tempurl_key(self, container: str) -> str | None:
+        """The TempURL key set on ``container`` (``X-Container-Meta-Temp-URL-Key``), if any."""
+        headers = self._call("HEAD container", container, self._conn().head_container, container)
+        return headers.get("x-container-meta-temp-url-key") or \
+            headers.get("x-container-meta-temp-url-key-2")
+
     def _choose_digest(self) -> str:
         allowed = self._capabilities.get("tempurl", {}).get("allowed_digests", ["sha1"])
         return next((d for d in ("sha256", "sha512", "sha1") if d in allowed), "sha256")
@@ -203,6 +209,32 @@ class SwiftAccount:
         url = generate_temp_url(f"{account_path}/{container}/{prefix}", expires, key, method,
                                 absolute=True, prefix=True, digest=self._digest)
         return urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["temp_url_sig"][0]
+
+    # segmented (static large) objects -------------------------------------------------------------
+
+    def check_segments(self, name: str, count: int) -> None:
+        """Refuse to write ``name`` as ``count`` segments where Swift could not join them."""
+        if "slo" not in self._capabilities:
+            raise StoreError(f"{name!r} exceeds whisk.swift.segment-size and this Swift has no "
+                             "SLO support: raise the segment size (Swift takes up to 5 GiB)")
+        limit = self._capabilities["slo"].get("max_manifest_segments", 1000)
+        if count > limit:
+            raise StoreError(f"{name!r} needs {count} segments, over Swift's limit of {limit}: "
+                             "raise whisk.swift.segment-size")
+
+    def put_segment(self, name: str, container: str, segment: str, reader: Any,
+                    size: int) -> dict[str, Any]:
+        """Write one segment of ``name`` from a seekable ``reader``; its SLO manifest entry."""
+        etag = self._call("PUT segment of", name, self._conn().put_object, container, segment,
+                          reader, content_length=size, chunk_size=1 << 20)
+        return {"path": f"/{container}/{segment}", "etag": etag, "size_bytes": size}
+
+    def put_manifest(self, name: str, container: str, obj: str, segments: list[dict],
+                     content_type: str = "application/octet-stream") -> None:
+        """Write the SLO manifest that joins ``segments`` into object ``obj``."""
+        self._call("PUT manifest of", name, self._conn().put_object, container, obj,
+                   json.dumps(segments), query_string="multipart-manifest=put",
+                   content_type=content_type)
 
     # listing and bulk delete ----------------------------------------------------------------------
 
@@ -308,9 +340,7 @@ class SwiftJobStore(SwiftAccount, JobStore):
                 return key
             if mode == "account":
                 raise SwiftConfigError(f"The Swift account has no TempURL key: {SET_A_KEY}")
-        container = self._call("HEAD container", self.container, conn.head_container,
-                               self.container)
-        key = container.get("x-container-meta-temp-url-key")
+        key = self.container_tempurl_key(self.container)
         if key:
             return key
         if mode == "auto" and not self.own_container:  # the user's container: not ours to change
@@ -412,27 +442,14 @@ class SwiftJobStore(SwiftAccount, JobStore):
                        _PartsReader(views, 0, total), content_length=total,
                        content_type="application/octet-stream", chunk_size=1 << 20)
             return total
-        count = -(-total // size)
-        limit = self._capabilities.get("slo", {}).get("max_manifest_segments", 1000)
-        if "slo" not in self._capabilities:
-            raise StoreError(f"Object {name!r} ({total} bytes) exceeds whisk.swift.segment-size "
-                             "and this Swift has no SLO support: raise the segment size")
-        if count > limit:
-            raise StoreError(f"Object {name!r} ({total} bytes) needs {count} segments, over "
-                             f"Swift's limit of {limit}: raise whisk.swift.segment-size")
+        self.check_segments(name, -(-total // size))
         prefix = f"{self._segments(name)}{secrets.token_hex(6)}/"
         manifest = []
         for index, start in enumerate(range(0, total, size)):
             stop = min(start + size, total)
-            segment = f"{prefix}{index:08d}"
-            etag = self._call("PUT segment of", name, conn.put_object, self.container, segment,
-                              _PartsReader(views, start, stop), content_length=stop - start,
-                              chunk_size=1 << 20)
-            manifest.append({"path": f"/{self.container}/{segment}", "etag": etag,
-                             "size_bytes": stop - start})
-        self._call("PUT manifest of", name, conn.put_object, self.container, obj,
-                   json.dumps(manifest), query_string="multipart-manifest=put",
-                   content_type="application/octet-stream")
+            manifest.append(self.put_segment(name, self.container, f"{prefix}{index:08d}",
+                                             _PartsReader(views, start, stop), stop - start))
+        self.put_manifest(name, self.container, obj, manifest)
         self._segmented.add(name)
         return total
 

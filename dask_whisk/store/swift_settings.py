@@ -43,6 +43,8 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "tempurl": (),
     "worker-auth": (),
 }
+#: every Swift option's name, as :func:`resolve_settings` takes it
+OPTION_NAMES = frozenset(_SOURCES)
 _DEFAULTS: dict[str, Any] = {
     "segment-size": 1024**3,
     "retries": 5,
