@@ -1,8 +1,9 @@
 """OpenStack Swift as the object store: one container per job, or a prefix in a shared container.
 
 This is the ``swift`` entry in :data:`dask_whisk.store.BACKENDS`. The client side
-(:class:`SwiftJobStore`) uses python-swiftclient, one Connection per thread (they are not
-thread-safe), with bounded retries and re-authentication when a token expires. Objects above the
+(:class:`SwiftJobStore`, on :class:`SwiftAccount`, which the ``swift://`` filesystem shares) uses
+python-swiftclient, one Connection per thread (they are not thread-safe), with bounded retries
+and re-authentication when a token expires. Objects above the
 segment size are written as static large objects (SLO), which Swift reassembles on GET.
 
 Activations get no credentials: :meth:`SwiftJobStore.worker_access` hands them signed TempURLs or
@@ -15,7 +16,6 @@ from __future__ import annotations
 import json
 import random
 import secrets
-import threading
 import time
 import urllib.parse
 from collections.abc import Iterable, Sequence
@@ -24,8 +24,8 @@ from typing import Any
 from . import (JOB_PREFIX, Buffer, JobStore, ObjectMissing, StoreError, check_range,
                job_age_seconds)
 from .swift_settings import SwiftConfigError, SwiftSettings, resolve_settings, scrub_url
-from .swift_worker import (MANIFEST_TYPE, SEGMENTS_DIR, SwiftWorkerStore, byte_slices, byte_views,
-                           check_name, parse_manifest)
+from .swift_worker import (MANIFEST_TYPE, SEGMENTS_DIR, SwiftWorkerStore, ThreadConnections,
+                           byte_slices, byte_views, check_name, parse_manifest)
 
 #: how a user accepts handing activations the job's token (read, write, delete: the whole account)
 TOKEN_OPT_IN = "whisk.swift.worker-auth: token"
@@ -65,7 +65,7 @@ def open_worker_store(access: dict[str, Any]) -> SwiftWorkerStore:
     return SwiftWorkerStore(access)
 
 
-class SwiftAccount:
+class SwiftAccount(ThreadConnections):
     """A Swift account reached with the user's settings: authenticated connections (one per
     thread), failures turned into :class:`StoreError`, the cluster's capabilities, listings, bulk
     deletes and prefix-based TempURL signatures. The job store and the ``swift://`` filesystem
@@ -73,10 +73,8 @@ class SwiftAccount:
 
     def __init__(self, settings: SwiftSettings):
         """Authenticate now (bad settings fail here, clearly) and read the cluster's /info."""
+        super().__init__()
         self.settings = settings
-        self._local = threading.local()
-        self._conns: list[Any] = []
-        self._lock = threading.Lock()
         conn = self._connect_checked()
         self.storage_url: str = conn.url
         self._capabilities = self._capabilities_of(conn)
@@ -87,9 +85,7 @@ class SwiftAccount:
     def _conn(self):
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._local.conn = self.settings.connection()
-            with self._lock:
-                self._conns.append(conn)
+            conn = self._keep(self.settings.connection())
         return conn
 
     def _connect_checked(self):
@@ -173,14 +169,6 @@ class SwiftAccount:
     def _missing(self, what: str, name: str) -> StoreError | None:
         """The error for a 404 answer to ``what`` (None: report it as a failure)."""
         return ObjectMissing(f"Swift {what} {name!r}: not found")
-
-    def close(self) -> None:
-        """Close every connection this account opened (objects are untouched)."""
-        with self._lock:
-            conns, self._conns = self._conns, []
-        for conn in conns:
-            conn.close()
-        self._local = threading.local()
 
     # TempURLs -------------------------------------------------------------------------------------
 

@@ -26,6 +26,9 @@ from .swift_worker import SwiftHTTP
 
 #: the grants of the activation running in this process (None: not in an activation)
 _installed: dict[str, Any] | None = None
+#: account -> its open grants, kept while the same grants are installed (warm activations of
+#: one job reuse their connections)
+_open: dict[str | None, Granted] = {}
 #: grants larger than this (JSON bytes) would crowd OpenWhisk's 1 MiB invocation limit
 MAX_GRANTS_BYTES = 256 * 1024
 #: what a write grant signs: reads too (a chunk written in part is read first), writes, deletes
@@ -47,6 +50,10 @@ def install(grants: dict[str, Any] | None) -> None:
     """Make ``grants`` the activation's access to Swift data (called by the worker per activation;
     ``None``: the job declared none, so every ``swift://`` path is refused)."""
     global _installed
+    if (grants or {}) != _installed:
+        for account in _open.values():
+            account.close()
+        _open.clear()
     _installed = grants or {}
     if grants:  # user code may say fsspec.open("swift://..."): no installed distribution says so
         import fsspec
@@ -104,14 +111,20 @@ class Granted:
             raise StoreError(f"Swift {what} failed: HTTP {status}")
         return status, headers, data
 
+    def close(self) -> None:
+        """Close this account's connections."""
+        self._http.close()
+
 
 def granted(account: str | None) -> Granted:
     """The installed grants of ``account`` (a storage URL; None: the job's only account)."""
+    if account in _open:
+        return _open[account]
     accounts = (_installed or {}).get("accounts", {})
     if account in accounts:
-        return Granted(account, accounts[account])
+        return _open.setdefault(account, Granted(account, accounts[account]))
     if account is None and len(accounts) == 1:
-        return Granted(*next(iter(accounts.items())))
+        return _open.setdefault(None, Granted(*next(iter(accounts.items()))))
     named = "" if account is None else f" of the Swift account at {account}"
     raise NotGranted(f"This activation was granted no swift:// paths{named}. {HOW_TO_DECLARE}")
 
@@ -236,6 +249,8 @@ _OPAQUE_MODULES = ("numpy", "pandas", "pyarrow", "builtins", "scipy", "sparse", 
 #: how deep the walk goes into objects that are not containers (a zarr array holds its store
 #: four attributes down: Array -> AsyncArray -> StorePath -> FsspecStore -> fs)
 _MAX_DEPTH = 6
+#: what the walk does with an object, decided once per class
+_LEAF, _TEXT, _ITEMS, _MAPPING, _TASK, _DATA, _OPENFILE, _FS, _OBJECT = range(9)
 
 
 def graph_locations(roots: list[Any]) -> dict[Any, list[Location]]:
@@ -249,77 +264,95 @@ def graph_locations(roots: list[Any]) -> dict[Any, list[Location]]:
     - a task holding the filesystem without a path (read_parquet's reader, or ``fs`` passed to a
       delayed function): the strings of that task's arguments that are paths (``container/name``);
     - a ``swift://`` string anywhere: its path, on the default Swift filesystem.
+
+    Each class is classified once and each object other than a container walked once, so a
+    graph of numbers, arrays and functions costs a few microseconds a task.
     """
     from dask import _task_spec
     from fsspec.core import OpenFile
 
     from .swiftfs import SwiftFileSystem
 
-    found: dict[Any, list[Location]] = {}
+    kinds: dict[type, int] = {}
+
+    def kind(cls: type) -> int:
+        if issubclass(cls, str):
+            return _TEXT
+        for base, k in ((SwiftFileSystem, _FS), (OpenFile, _OPENFILE), (_task_spec.Task, _TASK),
+                        (_task_spec.DataNode, _DATA), (dict, _MAPPING),
+                        ((list, tuple, set, frozenset), _ITEMS)):
+            if issubclass(cls, base):
+                return k
+        if issubclass(cls, (_task_spec.GraphNode, _task_spec.TaskRef, bytes, bytearray,
+                            memoryview, int, float, complex, type, range, slice)) \
+                or cls.__module__.split(".")[0] in _OPAQUE_MODULES:
+            return _LEAF  # functions, methods and None are of the builtins module too
+        return _OBJECT
+
     memo: dict[int, tuple[list, list, list]] = {}
-    keep: list[Any] = []
+    keep: list[Any] = []  # what memo names stays alive, so no other object takes its id
 
     def ours(fs: Any) -> SwiftFileSystem | None:
         fs = getattr(fs, "sync_fs", fs)  # zarr wraps a synchronous filesystem for asyncio
         return fs if isinstance(fs, SwiftFileSystem) else None
 
-    def walk(obj: Any, depth: int) -> tuple[list, list, list]:
-        """(locations, filesystems held without a path, strings) reachable from ``obj``."""
-        if isinstance(obj, str):
+    def walk(obj: Any, depth: int, out: tuple[list, list, list]) -> None:
+        """Add to ``out`` the (locations, filesystems held without a path, path-like strings)
+        reachable from ``obj``."""
+        cls = type(obj)
+        k = kinds.get(cls)
+        if k is None:
+            k = kinds[cls] = kind(cls)
+        if k == _LEAF:
+            return
+        if k == _TEXT:
             if obj.startswith("swift://"):
                 fs = SwiftFileSystem()
-                return [(fs, fs._strip_protocol(obj), obj.endswith("/"), False)], [], []
-            return [], [], [obj] if "/" in obj and len(obj) < 1024 else []
-        if obj is None or isinstance(obj, (bytes, bytearray, memoryview, int, float, complex,
-                                           type, range, slice, _task_spec.TaskRef)):
-            return [], [], []
-        if id(obj) in memo:
-            return memo[id(obj)]
-        memo[id(obj)] = ([], [], [])  # a cycle ends here
-        keep.append(obj)  # alive until the walk ends, so no other object takes its id
-        opaque = type(obj).__module__.split(".")[0] in _OPAQUE_MODULES
-        locations: list = []
-        held: list = []
-        strings: list = []
-
-        def add(child: Any, deeper: int) -> None:
-            if deeper <= _MAX_DEPTH:
-                more = walk(child, deeper)
-                locations.extend(more[0]), held.extend(more[1]), strings.extend(more[2])
-
-        fs = None if opaque or isinstance(obj, OpenFile) else ours(getattr(obj, "fs", None))
-        if isinstance(obj, SwiftFileSystem):
-            held.append(obj)
-        elif isinstance(obj, OpenFile):
-            if (fs := ours(obj.fs)) is not None:
-                locations.append((fs, obj.path, False, any(m in obj.mode for m in "wax+")))
-        elif fs is not None:
-            where = next((p for p in (getattr(obj, "path", None), getattr(obj, "root", None))
-                          if isinstance(p, str)), None)
-            if where is None:
-                held.append(fs)
-            else:
-                locations.append((fs, fs._strip_protocol(where), True, False))
-        elif isinstance(obj, _task_spec.Task):
-            add(obj.func, depth)
-            for child in (*obj.args, *obj.kwargs.values()):
-                add(child, depth)
-        elif isinstance(obj, _task_spec.DataNode):
-            add(obj.value, depth)
-        elif isinstance(obj, dict):
-            for child in (*obj.keys(), *obj.values()):
-                add(child, depth)
-        elif isinstance(obj, (list, tuple, set, frozenset)):
+                out[0].append((fs, fs._strip_protocol(obj), obj.endswith("/"), False))
+            elif "/" in obj and len(obj) < 1024:
+                out[2].append(obj)
+        elif k == _TASK:
+            walk(obj.func, depth, out)
+            for child in obj.args:
+                walk(child, depth, out)
+            for child in obj.kwargs.values():
+                walk(child, depth, out)
+        elif k == _ITEMS:
             for child in obj:
-                add(child, depth)
-        elif not opaque and depth < _MAX_DEPTH:
-            for child in _attributes(obj):
-                add(child, depth + 1)
-        memo[id(obj)] = (locations, held, strings)
-        return memo[id(obj)]
+                walk(child, depth, out)
+        elif k == _MAPPING:
+            for key, child in obj.items():
+                walk(key, depth, out)
+                walk(child, depth, out)
+        elif k == _DATA:
+            walk(obj.value, depth, out)
+        elif k == _FS:
+            out[1].append(obj)
+        elif k == _OPENFILE:
+            if (fs := ours(obj.fs)) is not None:
+                out[0].append((fs, obj.path, False, any(m in obj.mode for m in "wax+")))
+        elif depth < _MAX_DEPTH:
+            found = memo.get(id(obj))
+            if found is None:
+                found = memo[id(obj)] = ([], [], [])  # filled below; a cycle ends here
+                keep.append(obj)
+                fs = ours(getattr(obj, "fs", None))
+                where = next((p for p in (getattr(obj, "path", None), getattr(obj, "root", None))
+                              if isinstance(p, str)), None)
+                if fs is not None and where is not None:
+                    found[0].append((fs, fs._strip_protocol(where), True, False))
+                elif fs is not None:
+                    found[1].append(fs)
+                else:
+                    for child in _attributes(obj):
+                        walk(child, depth + 1, found)
+            for mine, theirs in zip(out, found):
+                mine.extend(theirs)
 
+    found: dict[Any, list[Location]] = {}
     for root in roots:
-        locations, held, strings = walk(root, 0)
+        locations, held, strings = out = ([], [], [])
+        walk(root, 0, out)
         for fs, path, is_dir, write in locations:
             found.setdefault(fs, []).append((path, is_dir, write))
         for fs in dict.fromkeys(held):

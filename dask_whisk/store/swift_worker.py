@@ -7,7 +7,8 @@ TempURLs cannot create SLO manifests (the tempurl middleware drops ``multipart-m
 refuses manifest headers), so an activation writes an output above the segment size as segments
 under a per-object prefix (granted by a prefix-scoped TempURL) plus a small JSON manifest object
 of content type :data:`MANIFEST_TYPE`. The naming, manifest and byte-view helpers here are shared
-with the client side (:mod:`dask_whisk.store.swift`), whose ``get`` follows either kind of manifest.
+with the client side (:mod:`dask_whisk.store.swift`), whose ``get`` follows either kind of manifest;
+the retried requests (:class:`SwiftHTTP`) with the ``swift://`` filesystem's grants in activations.
 """
 from __future__ import annotations
 
@@ -62,25 +63,50 @@ def byte_slices(views: list[memoryview], start: int, stop: int) -> Iterator[memo
             return
 
 
-class SwiftHTTP:
+class ThreadConnections:
+    """Connections kept one per thread (neither http.client's nor swiftclient's are
+    thread-safe), all closed together by :meth:`close`."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._conns: list[Any] = []
+        self._lock = threading.Lock()
+
+    def _keep(self, conn: Any) -> Any:
+        """``conn`` as this thread's connection, closed with the others."""
+        self._local.conn = conn
+        with self._lock:
+            self._conns.append(conn)
+        return conn
+
+    def close(self) -> None:
+        """Close the connections of every thread (when no request is under way)."""
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
+
+
+class SwiftHTTP(ThreadConnections):
     """HTTP/1.1 requests to one Swift endpoint with bounded, jittered retries of transient
     failures (resets, 5xx, 408, 429); one connection per thread. Shared by the job store's
     activation side and the ``swift://`` filesystem inside activations."""
 
     def __init__(self, url: str, options: dict[str, Any]):
         """``url``: any URL of the endpoint; ``options``: ``retries``, ``backoff``, ``timeout``."""
+        super().__init__()
         split = urllib.parse.urlsplit(url)
         self._scheme, self._netloc = split.scheme, split.netloc
         self._retries = int(options.get("retries", 5))
         self._backoff = float(options.get("backoff", 0.5))
         self._timeout = float(options.get("timeout", 60))
-        self._local = threading.local()
 
     def _conn(self) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
-            conn = self._local.conn = cls(self._netloc, timeout=self._timeout)
+            conn = self._keep(cls(self._netloc, timeout=self._timeout))
         return conn
 
     def _drop_conn(self) -> None:
