@@ -36,7 +36,10 @@ def callback_state(plan: Plan) -> dict[str, Any]:
 
 
 def mark(state: dict[str, Any], keys: Sequence[Key], where: str) -> None:
-    """Move ``keys`` into ``where`` ('ready', 'running' or 'finished') of the callback state."""
+    """Move ``keys`` into ``where`` ('ready', 'running' or 'finished') of the callback state
+    (an empty state, kept when no callback is registered, stays empty)."""
+    if not state:
+        return
     for key in keys:
         if where == "ready":
             state["waiting"].pop(key, None)
