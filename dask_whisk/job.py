@@ -388,6 +388,11 @@ class Job:
                         "or raise the action's limits with `dask-whisk deploy --memory MB --timeout MS`.")
         elif "time limit" in str(error):
             message += " Raise the action's limits with `dask-whisk deploy --memory MB --timeout MS`."
+        elif "Failed to pull container image" in str(error):
+            message += (" The deployment cannot run the worker action's image: push it where the "
+                        "invokers pull from, or deploy the full zip (`dask-whisk deploy`); a local "
+                        "server runs an image only when started with `dask-whisk server --image "
+                        "NAME=/path/to/python`.")
         if logs:
             message += "\nLast log lines:\n" + "\n".join(logs[-10:])
         return ActivationError(message, unit=units[0].name, activation_id=activation_id,

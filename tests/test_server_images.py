@@ -89,3 +89,30 @@ def test_the_image_option_takes_an_interpreter_or_a_virtualenv(tmp_path):
     with pytest.raises(SystemExit) as exited:  # argparse's usage error, before any server starts
         cli_main(["server", "--image", f"org/c:3={tmp_path}", "--port", "0"])
     assert exited.value.code == 2
+
+
+def test_a_job_on_an_image_the_server_lacks_says_what_to_do(local_store_root):
+    """The small zip deployed for a local image the server was not started with: the job fails
+    with OpenWhisk's words and the ways out, not a bare developer error."""
+    import asyncio
+
+    import dask
+
+    from dask_whisk import whisk_get
+    from dask_whisk.config import WhiskConfig
+    from dask_whisk.deploy import deploy_worker_action
+    from dask_whisk.job import ActivationError
+    from dask_whisk.openwhisk import OpenWhiskClient
+    from dask_whisk.server import ServerSettings, start_server_process
+
+    with start_server_process(ServerSettings(port=0)) as server:
+        async def put() -> None:
+            async with OpenWhiskClient(WhiskConfig(apihost=server.url, auth=server.auth)) as client:
+                await deploy_worker_action(client, "imageless", local=True, log=lambda _: None)
+        asyncio.run(put())
+        with dask.config.set({"whisk.apihost": server.url, "whisk.auth": server.auth,
+                              "whisk.action": "imageless"}):
+            with pytest.raises(ActivationError, match=r"Failed to pull container image "
+                                                      r"'dask-whisk/local-python:3\.\d+'\..*"
+                                                      r"dask-whisk server --image NAME="):
+                dask.delayed(sum)([1, 2]).compute(scheduler=whisk_get)
