@@ -11,7 +11,10 @@ import asyncio
 import base64
 import io
 import json
+import os
+import signal
 import sys
+import time
 import tempfile
 import uuid
 import zipfile
@@ -270,3 +273,58 @@ def test_what_a_user_sees_through_the_rest_api(server_process):
 def test_shared_tempdir_is_outside_the_containers_private_tmp():
     shared = shared_tempdir()
     assert shared != "/tmp" and not shared.startswith("/tmp/")
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (children of all its threads, recursively)."""
+    found: set[int] = set()
+    try:
+        for thread in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{thread}/children") as f:
+                for child in map(int, f.read().split()):
+                    found |= {child} | _descendants(child)
+    except OSError:
+        pass
+    return found
+
+
+def test_a_killed_server_takes_its_containers_and_their_actions_with_it():
+    """SIGKILL gives the server no chance to clean up: the runtime (told by the kernel that its
+    parent died) and the action's launcher, busy in a long activation, die all the same."""
+    from dask_whisk.server import ServerSettings, start_server_process
+
+    name = f"sleeper-{uuid.uuid4().hex[:8]}"
+    with start_server_process(ServerSettings(port=0)) as server:
+        async def start_sleeping(ow) -> None:
+            await ow.put_action(name, "import time\ndef main(args):\n    time.sleep(60)\n    return {}\n")
+            await ow.request("POST", f"actions/{name}", {}, params={"blocking": "false"})
+        run_raw(server, start_sleeping)
+        deadline = time.monotonic() + 20
+        while not any(b"exec__.py" in _cmdline(p) for p in _descendants(server.process.pid)):
+            assert time.monotonic() < deadline, "the action's launcher never started"
+            time.sleep(0.1)
+        below = _descendants(server.process.pid)
+        assert any(b"runtime.py" in _cmdline(p) for p in below), below
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait(10)
+        deadline = time.monotonic() + 10
+        while any(os.path.exists(f"/proc/{pid}") and _alive(pid) for pid in below):
+            assert time.monotonic() < deadline, f"still running after the server died: {below}"
+            time.sleep(0.1)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its reaper does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
