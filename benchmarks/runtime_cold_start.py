@@ -72,17 +72,15 @@ def main() -> None:
                                                  concurrent_invocations=100)) as server:
             for store, settings in stores.items():
                 with dask.config.set(settings):
-                    runtimes = Runtimes()
-                    runtimes.add("bench", code, host_python(), packages, unpacked)
-                    runtimes.close()
+                    with Runtimes() as runtimes:
+                        runtimes.add("bench", code, host_python(), packages, unpacked)
                     for runtime in (None, "bench"):
                         rounds = [cold_job(server, "bench-worker", runtime) for _ in range(args.repeat)]
                         med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
                         print(f"{store:<6} {'yes' if runtime else 'no':<8} {med['init']:>7.2f} "
                               f"{med['runtime']:>15.2f} {med['duration']:>11.2f} {med['wall']:>11.2f}")
-                    runtimes = Runtimes()
-                    runtimes.delete("bench")
-                    runtimes.close()
+                    with Runtimes() as runtimes:
+                        runtimes.delete("bench")
     finally:
         shutil.rmtree(local_root, ignore_errors=True)
         if saio_dir:

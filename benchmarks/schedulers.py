@@ -184,13 +184,13 @@ def whisk_variant(config: dict[str, Any]) -> Callable:
 def latency_server(latency_ms: int, stack: ExitStack) -> dict[str, Any]:
     """A second local server adding ``latency_ms`` to every invoke, worker deployed; its config."""
     from dask_whisk.backend import EMBEDDED_LIMITS
-    from dask_whisk.deploy import local_image
+    from dask_whisk.deploy import local_images
     from dask_whisk.server import ServerSettings, start_server_process
     from dask_whisk.server.settings import FaultSettings
 
     # the image of this environment, as the embedded default has it, for --without-dependencies
     server = start_server_process(ServerSettings(port=0, faults=FaultSettings(latency_ms=latency_ms),
-                                                 images={local_image(): sys.executable},
+                                                 images=local_images(),
                                                  **EMBEDDED_LIMITS))
     stack.callback(server.stop)
     subprocess.run([str(Path(sys.executable).with_name("dask-whisk")), "deploy", "--without-dependencies",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import time
 
 import dask
@@ -23,7 +22,7 @@ import dask
 import dask_whisk
 from dask_whisk import backend, whisk_get
 from dask_whisk.config import WhiskConfig
-from dask_whisk.deploy import deploy_worker_action, local_image
+from dask_whisk.deploy import deploy_worker_action, local_images
 from dask_whisk.openwhisk import OpenWhiskClient
 from dask_whisk.server import ServerSettings, start_server_process
 
@@ -46,7 +45,7 @@ def main() -> None:
     total = dask.delayed(sum)([inc(i) for i in range(args.tasks)])
     settings = ServerSettings(concurrent_invocations=args.concurrent,
                               invocations_per_minute=args.per_minute, user_memory_mb=4096,
-                              images={local_image(): sys.executable})
+                              images=local_images())
     with start_server_process(settings) as handle:
         asyncio.run(deploy(handle.url, handle.auth))
         unfused = {"whisk.fuse": False, "whisk.batch-max-units": 1,

@@ -12,7 +12,6 @@ import atexit
 import contextlib
 import logging
 import secrets
-import sys
 import threading
 import uuid
 from collections.abc import Coroutine
@@ -134,7 +133,7 @@ def _embedded_whisk() -> whisk_config.WhiskConfig:
         for key in [k for k in _backends if k[0] is None]:
             _backends.pop(key).close()
     if _embedded_server is None:
-        from .deploy import local_image
+        from .deploy import local_image, local_images
         from .server import ServerSettings, start_server_process
 
         # a key of its own per start, handed to the server by environment (never on a command
@@ -142,9 +141,8 @@ def _embedded_whisk() -> whisk_config.WhiskConfig:
         auth = f"{uuid.uuid4()}:{secrets.token_hex(32)}"  # OpenWhisk's shape: uuid:64 alphanumerics
         # the worker runs on an image of this very environment, so nothing is uploaded but
         # the small zip; stock python:3.x actions there see only what a real image has
-        images = {local_image(): sys.executable}
         _embedded_server = start_server_process(
-            ServerSettings(port=0, auth=auth, images=images, **EMBEDDED_LIMITS))
+            ServerSettings(port=0, auth=auth, images=local_images(), **EMBEDDED_LIMITS))
         atexit.register(_embedded_server.stop)
         logger.info(
             "No OpenWhisk configured: using the embedded local OpenWhisk-compatible server at %s, "

@@ -48,6 +48,12 @@ def local_image() -> str:
     return f"dask-whisk/local-python:{host_python()}"
 
 
+def local_images() -> dict[str, str]:
+    """What a local server needs to run the small zip here: ``local_image()`` -> this interpreter
+    (``ServerSettings(images=...)``)."""
+    return {local_image(): sys.executable}
+
+
 def runtime_kind(python: str) -> str:
     """The OpenWhisk runtime kind for a Python minor version, e.g. ``python:3.11``."""
     return f"python:{check_python(python)}"

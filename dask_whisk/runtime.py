@@ -166,6 +166,12 @@ class Runtimes:
         """Release the store's connections."""
         self.store.close()
 
+    def __enter__(self) -> "Runtimes":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 def job_runtime(name: str | None) -> dict[str, Any] | None:
     """The grant a job's activations get for runtime ``name`` (else ``whisk.runtime``), checked
@@ -175,11 +181,8 @@ def job_runtime(name: str | None) -> dict[str, Any] | None:
     name = name or dask.config.get("whisk.runtime", None)
     if not name:
         return None
-    runtimes = Runtimes()
-    try:
+    with Runtimes() as runtimes:
         return runtimes.grant(runtimes.resolve(name))
-    finally:
-        runtimes.close()
 
 
 # -- command line --------------------------------------------------------------------------
@@ -234,27 +237,18 @@ def run(args: argparse.Namespace) -> int:
                 python = check_python(args.python or host_python())
                 code, packages, unpacked = pack(requirements, python,
                                                 Path(args.cache_dir) if args.cache_dir else None)
-                runtimes = Runtimes()
-                try:
+                with Runtimes() as runtimes:
                     _print_manifest(runtimes.add(name, code, python, packages, unpacked))
-                finally:
-                    runtimes.close()
             elif args.action == "list":
-                runtimes = Runtimes()
-                try:
+                with Runtimes() as runtimes:
                     index = runtimes.index()
-                finally:
-                    runtimes.close()
                 for manifest in sorted(index.values(), key=lambda m: m["name"]):
                     _print_manifest(manifest)
                 if not index:
                     print("no runtimes in the store (`dask-whisk runtime build PACKAGE ...` makes one)")
             else:
-                runtimes = Runtimes()
-                try:
+                with Runtimes() as runtimes:
                     gone = runtimes.delete(args.name)
-                finally:
-                    runtimes.close()
                 print(f"deleted {gone['name']} (sha256 {gone['digest'][:16]})")
         except (DeployError, OSError, ValueError) as exc:
             print(f"dask-whisk runtime: {exc}", file=sys.stderr)

@@ -8,14 +8,13 @@ import asyncio
 import base64
 import contextlib
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from dask_whisk.deploy import local_image
+from dask_whisk.deploy import local_images
 from dask_whisk.server import ServerProcess, ServerSettings, start_server_process
 from dask_whisk.store.local import shared_tempdir
 
@@ -24,7 +23,7 @@ __all__ = ["shared_folder", "own_local_store", "server_process", "server_factory
 
 #: the image of this Python environment, on which the small worker zip runs (as on the
 #: embedded server)
-THIS_PYTHON = {local_image(): sys.executable}
+THIS_PYTHON = local_images()
 #: research-style limits, so only tests that want a throttle meet one
 ROOMY = dict(invocations_per_minute=1_000_000, concurrent_invocations=10_000, user_memory_mb=4096,
              images=THIS_PYTHON)

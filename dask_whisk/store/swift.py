@@ -24,8 +24,8 @@ from typing import Any
 from . import (JOB_PREFIX, Buffer, JobStore, ObjectMissing, StoreError, check_range,
                job_age_seconds)
 from .swift_settings import SwiftConfigError, SwiftSettings, resolve_settings, scrub_url
-from .swift_worker import (MANIFEST_TYPE, SEGMENTS_DIR, SwiftWorkerStore, ThreadConnections,
-                           byte_slices, byte_views, check_name, parse_manifest)
+from .swift_worker import (MANIFEST_TYPE, SEGMENTS_DIR, RangeReader, SwiftWorkerStore,
+                           ThreadConnections, byte_slices, byte_views, check_name, parse_manifest)
 
 #: how a user accepts handing activations the job's token (read, write, delete: the whole account)
 TOKEN_OPT_IN = "whisk.swift.worker-auth: token"
@@ -37,25 +37,15 @@ SET_A_KEY = ("set one with `swift post -m Temp-URL-Key:<secret>` (X-Account-Meta
 BULK_DELETE_BATCH = 1000
 
 
-class _PartsReader:
-    """A seekable file over a range of byte views: swiftclient streams it and rewinds on retry."""
+class _PartsReader(RangeReader):
+    """A range of byte views (a value's buffers, never joined)."""
 
     def __init__(self, views: list[memoryview], start: int, stop: int):
-        self._views, self._start, self._stop = views, start, stop
-        self._pos = start
+        super().__init__(start, stop)
+        self._views = views
 
-    def read(self, size: int = -1) -> bytes:
-        end = self._stop if size is None or size < 0 else min(self._stop, self._pos + size)
-        chunk = b"".join(byte_slices(self._views, self._pos, end))
-        self._pos = end
-        return chunk
-
-    def tell(self) -> int:
-        return self._pos - self._start
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self._pos = self._start + offset if whence == 0 else self._pos + offset
-        return self.tell()
+    def _read(self, start: int, end: int) -> bytes:
+        return b"".join(byte_slices(self._views, start, end))
 
 
 def open_worker_store(access: dict[str, Any]) -> SwiftWorkerStore:

@@ -63,6 +63,33 @@ def byte_slices(views: list[memoryview], start: int, stop: int) -> Iterator[memo
             return
 
 
+class RangeReader:
+    """A seekable reader of bytes [start, stop) of some source: swiftclient streams it and
+    rewinds it on each retry. Subclasses say how to read from the source."""
+
+    def __init__(self, start: int, stop: int):
+        self._start, self._stop, self._pos = start, stop, start
+
+    def _read(self, start: int, end: int) -> bytes:
+        raise NotImplementedError
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (all that is left when negative) from the current position."""
+        end = self._stop if size is None or size < 0 else min(self._stop, self._pos + size)
+        chunk = self._read(self._pos, end)
+        self._pos += len(chunk)
+        return chunk
+
+    def tell(self) -> int:
+        """The position, relative to the range's start."""
+        return self._pos - self._start
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        """Move to ``offset`` from the range's start (``whence`` 0) or from here (1)."""
+        self._pos = self._start + offset if whence == 0 else self._pos + offset
+        return self.tell()
+
+
 class ThreadConnections:
     """Connections kept one per thread (neither http.client's nor swiftclient's are
     thread-safe), all closed together by :meth:`close`."""

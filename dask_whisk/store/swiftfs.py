@@ -29,6 +29,7 @@ from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 from . import ObjectMissing, StoreError
 from . import swift_grants
 from .swift_settings import OPTION_NAMES
+from .swift_worker import RangeReader
 
 #: options that authenticate: never pickled into a graph
 _AUTH_OPTIONS = frozenset({"auth-url", "user", "key", "auth-version", "project-name",
@@ -375,25 +376,16 @@ def _entry(container: str, entry: dict[str, Any]) -> dict[str, Any]:
             "last_modified": entry.get("last_modified"), "slo": "slo_etag" in entry}
 
 
-class _FileSlice:
+class _FileSlice(RangeReader):
     """Bytes [start, stop) of an open file, as a seekable reader (rewound on each retry)."""
 
     def __init__(self, file: Any, start: int, stop: int):
-        self._file, self._start, self._stop, self._pos = file, start, stop, start
+        super().__init__(start, stop)
+        self._file = file
 
-    def read(self, size: int = -1) -> bytes:
-        end = self._stop if size is None or size < 0 else min(self._stop, self._pos + size)
-        self._file.seek(self._pos)
-        data = self._file.read(end - self._pos)
-        self._pos += len(data)
-        return data
-
-    def tell(self) -> int:
-        return self._pos - self._start
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self._pos = self._start + offset if whence == 0 else self._pos + offset
-        return self.tell()
+    def _read(self, start: int, end: int) -> bytes:
+        self._file.seek(start)
+        return self._file.read(end - start)
 
 
 class SwiftFile(AbstractBufferedFile):
