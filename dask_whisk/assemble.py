@@ -19,6 +19,8 @@ from .callback_state import mark
 from .job import Job
 
 Key = Hashable
+#: results smaller than this are not checked against the client's free memory (a file read saved)
+CHECKED_RESULT_BYTES = 64 * 1024 * 1024
 #: (chunks, dtype) of an array layer, by layer name (see ``plan.array_layouts``)
 Layouts = Mapping[str, tuple[tuple[tuple[float, ...], ...], Any]]
 
@@ -50,7 +52,7 @@ def assemble(job: Job, wanted: list[Key], remote: list[Key], graph: Mapping, sta
 def _check_room(job: Job, keys: list[Key]) -> None:
     """Refuse, before fetching anything, a result the client's free memory cannot hold."""
     needed = job.result_bytes(keys)
-    free = _available_bytes()
+    free = _available_bytes() if needed > CHECKED_RESULT_BYTES else None
     if free is not None and needed > free:
         raise MemoryError(
             f"The result is {needed / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB this "

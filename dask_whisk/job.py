@@ -122,7 +122,8 @@ class Job:
         #: raise again (appended on the event loop, taken by the scheduler: a deque is safe)
         self.warnings: collections.deque[tuple] = collections.deque()
         self._warned: set[tuple] = set()
-        self._shared = protocol.SharedFunctions()
+        # a function is worth storing once and naming only when more than one unit may use it
+        self._shared = protocol.SharedFunctions() if len(plan.units) > 1 else None
         self._encoded = threading.Condition()
         self._encode_error: BaseException | None = None
         self._encoder: threading.Thread | None = None
@@ -156,7 +157,7 @@ class Job:
         """Serialise and place ``unit``'s spec, and store the shared functions it is the first to use."""
         spec = protocol.UnitSpec(tasks=unit.tasks, inputs=unit.inputs, outputs=unit.outputs)
         frame = self._encode(spec, f"task {next(iter(unit.tasks))!r}", self._shared)
-        for name in list(self._shared.new):  # stored before any spec naming it can be read
+        for name in list(self._shared.new if self._shared else ()):  # stored before any spec naming it is read
             payload = self._shared.new.pop(name)
             sealed = protocol.seal(protocol.encode(payload, self.mac_key), self.mac_key, name)
             self._count(protocol.stored_ref(name, self.store.put(name, sealed)))

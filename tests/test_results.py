@@ -84,6 +84,7 @@ def test_assembly_rule_is_by_function_not_by_name():
 
 def test_a_result_the_client_cannot_hold_is_refused_before_fetching(local_store_root, monkeypatch):
     monkeypatch.setattr(assemble, "_available_bytes", lambda: 1_000_000)
+    monkeypatch.setattr(assemble, "CHECKED_RESULT_BYTES", 0)  # an 8 MB result is checked too
     fetched = []
     monkeypatch.setattr(assemble.Job, "_frame", lambda self, source: fetched.append(source))
     x = da.ones((1_000, 1_000), chunks=500)  # 8 MB

@@ -295,7 +295,8 @@ def _check(folder: str) -> str:
 
 
 class Handler(BaseHTTPRequestHandler):
-    """Serves /init and /run over keep-alive HTTP/1.1, each on the main thread in turn."""
+    """Serves /init and /run over keep-alive HTTP/1.1, one at a time: /init on the main thread
+    (the launcher dies with the thread that started it), /run on the connection's own."""
 
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
@@ -318,13 +319,17 @@ class Handler(BaseHTTPRequestHandler):
             return
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if self.path == "/init":
-            self._reply(*_on_main_thread(self.proxy.init, body))
+            with _one_at_a_time:
+                self._reply(*_on_main_thread(self.proxy.init, body))
         elif self.path == "/run":
-            self._reply(*_on_main_thread(self.proxy.run, body))
+            with _one_at_a_time:
+                self._reply(*self.proxy.run(body))
         else:
             self._reply(*_answer(404, {"error": "Unknown path %s" % self.path}))
 
 
+#: held while the proxy answers a request: the launcher takes one activation at a time
+_one_at_a_time = threading.Lock()
 #: work for the main thread: (function, argument, slot for the answer, event set when done)
 _work: queue.Queue = queue.Queue()
 
