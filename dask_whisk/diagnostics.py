@@ -34,6 +34,8 @@ class JobReport:
 
     tasks: int = 0
     units: int = 0
+    #: chunks units made again rather than read from the store (cheap generators: see ``fuse``)
+    remade: int = 0
     #: the longest chain of dependent units, counted in units and in seconds (each unit weighted
     #: by the duration of the activation whose outputs were taken; a batch's units share one)
     critical_path_units: int = 0
@@ -172,7 +174,7 @@ class JobReport:
         """The figures as (label, value) pairs, for :meth:`summary` and the notebook table."""
         phases = self.phases_s
         return [
-            ("tasks / units", f"{self.tasks} / {self.units}"),
+            ("tasks / units (chunks made again)", f"{self.tasks} / {self.units} ({self.remade})"),
             ("critical path (units / s)", f"{self.critical_path_units} / {self.critical_path_s:.3f}"),
             ("activations (retries, backups, cold starts)",
              f"{self.activations} ({self.retries}, {self.backups}, {self.cold_starts})"),
@@ -234,7 +236,7 @@ def combine(reports: list[JobReport]) -> JobReport:
         return reports[0]
     first = reports[0]
     total = dataclasses.replace(first, attempts=[])
-    for name in ("tasks", "units", "activations", "retries", "backups", "bytes_stored",
+    for name in ("tasks", "units", "remade", "activations", "retries", "backups", "bytes_stored",
                  "bytes_inline", "wall_s", "plan_s"):
         setattr(total, name, sum(getattr(r, name) for r in reports))
     total.critical_path_units = max(r.critical_path_units for r in reports)

@@ -14,22 +14,45 @@ tasks are grouped when that saves both without losing parallelism the namespace 
    largest input's): a matrix product's partial sums would otherwise gather every block of a
    row and a column into one activation.
 
+Where these rules still leave a large chunk made by one of Dask's array-creation functions
+(random numbers, ``ones``, ``arange``: see :data:`GENERATORS`) read across units, every unit
+reading one makes it again instead (:func:`crossing_generators`): 32 MB of random numbers take
+tens of milliseconds to make and longer to write to a cloud store and read back in each reader,
+as Dask's own ``inline_functions`` trades for its fast functions. The graph is then grouped
+again without those edges, so its consumers group by their own work (a matrix product's
+blocks by output block, not by shared input).
+
 Batching many small independent groups into one activation is decided at dispatch time, when
 the free concurrency and the measured durations are known (see ``scheduler``).
 """
 from __future__ import annotations
 
+import functools
 import math
 import operator
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 
-from dask._task_spec import DataNode, Dict, GraphNode, List, Task
+import dask.array.chunk
+import dask.array.random
+import dask.array.wrap
+import numpy as np
+from dask._task_spec import Alias, DataNode, Dict, GraphNode, List, Task
 
 Key = Hashable
 
 #: functions whose task costs nothing next to an invoke: always run beside a neighbour
 CHEAP_FUNCTIONS = frozenset({operator.getitem, tuple, list, dict, set, len, id})
+#: Dask's array-creation functions, whose chunk (a function of literal arguments: a seed, a
+#: shape, a fill value) is cheaper to make again in each unit reading it than to move there
+GENERATORS = frozenset(filter(None, (
+    getattr(dask.array.random, "_apply_random", None),
+    getattr(dask.array.random, "_apply_random_func", None),
+    getattr(dask.array.wrap, "_broadcast_trick_inner", None),
+    getattr(dask.array.chunk, "arange", None),
+    getattr(dask.array.chunk, "linspace", None),
+    np.eye,
+)))
 #: visits allowed when checking that a merge leaves the unit graph acyclic (beyond it: refuse)
 CYCLE_CHECK_VISITS = 10_000
 
@@ -52,6 +75,31 @@ def is_cheap(node: GraphNode) -> bool:
     if isinstance(node, (List, Dict, DataNode)):
         return True
     return isinstance(node, Task) and node.func in CHEAP_FUNCTIONS
+
+
+def is_generator(node: GraphNode) -> bool:
+    """Whether ``node`` makes an array chunk from literals alone with one of :data:`GENERATORS`."""
+    func = getattr(node, "func", None)
+    while isinstance(func, functools.partial):
+        func = func.func
+    return isinstance(node, Task) and not node.dependencies and func in GENERATORS
+
+
+def crossing_generators(groups: list[list[Key]], tasks: Mapping[Key, GraphNode],
+                        dependencies: Mapping[Key, set], sizes: Mapping[Key, int],
+                        settings: FuseSettings = FuseSettings()) -> set[Key]:
+    """The generator tasks (:func:`is_generator`) of at least ``large_bytes`` known output, if a
+    task of another group than its own reads one of them (else none): then every reader had
+    better make the chunks itself, and the graph be grouped without them (left in, those the
+    grouping kept with their readers would pull the others' readers in again)."""
+    if not settings.fuse:
+        return set()
+    group_of = {key: index for index, group in enumerate(groups) for key in group}
+    large = {k for k, node in tasks.items()
+             if sizes.get(k, 0) >= settings.large_bytes and is_generator(node)}
+    crossing = any(d in large and group_of[d] != group_of[key]
+                   for key, deps in dependencies.items() for d in deps)
+    return large if crossing else set()
 
 
 class _Groups:
@@ -147,9 +195,7 @@ def group_tasks(
     # 4. fan-in trees, bottom up, while a unit's inputs (all fetched before its first task runs)
     # stay within max_bytes: a value of unknown size is guessed at its largest input's size
     max_tasks = max(1, math.ceil(len(tasks) / max(1, settings.parallelism)))
-    guess: dict[Key, int] = {}
-    for key in by_priority:
-        guess[key] = sizes.get(key) or max((guess[d] for d in dependencies[key]), default=0)
+    guess = guessed_sizes(by_priority, dependencies, sizes)
     reads: dict[Key, set] = {}  # root -> the tasks outside it its members read (guessed > 0)
     read_bytes: dict[Key, int] = {}
 
@@ -181,6 +227,33 @@ def group_tasks(
             reads[root], read_bytes[root] = ours, total
     result = [sorted(members, key=priority.__getitem__) for members in groups.members.values()]
     return sorted(result, key=lambda g: priority[g[0]])
+
+
+def guessed_sizes(keys: Iterable[Key], dependencies: Mapping[Key, set], sizes: Mapping[Key, int]
+                  ) -> dict[Key, int]:
+    """Output bytes of ``keys`` (each after its dependencies): known, else guessed at the
+    largest of its inputs'."""
+    guess: dict[Key, int] = {}
+    for key in keys:
+        guess[key] = sizes.get(key) or max((guess.get(d, 0) for d in dependencies[key]), default=0)
+    return guess
+
+
+def peak_bytes(nodes: Mapping[Key, GraphNode], inputs: Iterable[Key], outputs: Iterable[Key],
+               guess: Mapping[Key, int]) -> int:
+    """The most bytes a unit running ``nodes`` in their order holds at once, by ``guess``, as the
+    worker runs it: its inputs all along (fetched first), every other value from its task until
+    its last reader there (an output until the end)."""
+    last_reader = {d: index for index, node in enumerate(nodes.values()) for d in node.dependencies}
+    inputs, outputs = set(inputs), set(outputs)
+    held = peak = sum(guess.get(k, 0) for k in inputs)
+    for index, (key, node) in enumerate(nodes.items()):
+        held += guess.get(key, 0) if not isinstance(node, Alias) else 0
+        peak = max(peak, held)
+        held -= sum(guess.get(d, 0) for d in node.dependencies
+                    if last_reader[d] == index and d not in outputs and d not in inputs
+                    and not isinstance(nodes.get(d), Alias))
+    return peak
 
 
 def _closes_cycle(merging: set, groups: _Groups, dependents: Mapping[Key, set]) -> bool:

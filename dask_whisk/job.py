@@ -129,7 +129,7 @@ class Job:
         self._encoder: threading.Thread | None = None
         self._counting = threading.Lock()
         self.report = new_report(memory_mb=backend.memory_mb, **{
-            k: v for k, v in plan.summary().items() if k in ("tasks", "units", "critical_path_units")})
+            k: v for k, v in plan.summary().items() if k in ("tasks", "units", "remade", "critical_path_units")})
 
     # --- before the first invoke (client thread) -------------------------------------------
 

@@ -21,7 +21,7 @@ from dask._task_spec import Alias, DataNode, GraphNode, NestedContainer, Task, c
 from dask.core import flatten
 from dask.order import order
 
-from .fuse import FuseSettings, group_tasks
+from .fuse import FuseSettings, crossing_generators, group_tasks, guessed_sizes, peak_bytes
 
 Key = Hashable
 
@@ -59,6 +59,8 @@ class Plan:
     aliases: dict[Key, Key] = field(default_factory=dict)
     #: tasks the client runs itself once the units are done (assembly of results), in order
     local: dict[Key, GraphNode] = field(default_factory=dict)
+    #: generators each unit reading them makes itself (see ``fuse.crossing_generators``)
+    remade: frozenset = frozenset()
 
     def source(self, key: Key) -> Key:
         """The key whose value ``key`` denotes (itself unless it is an alias)."""
@@ -85,10 +87,14 @@ class Plan:
         return max(finish.values(), default=0.0)
 
     def summary(self) -> dict[str, int]:
-        """Counts for tests and reports: tasks, units, and the critical path measured in units."""
+        """Counts for tests and reports: tasks, units, the critical path measured in units, and
+    the generator chunks units make again rather than read."""
         return {
-            "tasks": sum(len(u.keys) for u in self.units.values()) + len(self.local),
+            "tasks": (sum(len(u.keys) for u in self.units.values()) + len(self.local)
+                      + len(self.remade - self.producer.keys())),
             "units": len(self.units),
+            # times a unit makes a generator's chunk that another unit also makes or reads
+            "remade": sum(k not in u.keys for u in self.units.values() for k in u.tasks if k in self.remade),
             "critical_path_units": int(self.critical_path()),
             "literals": len(self.data),
             "aliases": len(self.aliases),
@@ -226,21 +232,25 @@ def flat_keys(keys: Key | list) -> list[Key]:
     return list(flatten(keys)) if isinstance(keys, list) else [keys]
 
 
-def _unit_tasks(group: list[Key], tasks: Mapping[Key, GraphNode], aliases: Mapping[Key, Key]
-                ) -> tuple[dict[Key, GraphNode], list[Key]]:
+def _unit_tasks(group: list[Key], tasks: Mapping[Key, GraphNode], aliases: Mapping[Key, Key],
+                remade: set[Key] = frozenset()) -> tuple[dict[Key, GraphNode], list[Key]]:
     """The nodes a unit runs, and the keys it reads from outside, in a stable order.
 
     A member reading an alias of another member gets that alias as a node of its own, placed
-    before it, so the activation resolves it as the client would."""
+    before it, so the activation resolves it as the client would; a generator in ``remade`` it
+    reads is made here, just before its first reader (so no unit holds all of them at once)."""
     members = set(group)
     nodes: dict[Key, GraphNode] = {}
     external: set[Key] = set()
     for key in group:
         for dep in tasks[key].dependencies:
             source = aliases.get(dep, dep)
-            if source not in members:
+            if source in remade and source not in members:
+                nodes.setdefault(source, tasks[source])
+            elif source not in members:
                 external.add(dep)
-            elif dep != source and dep not in nodes:
+                continue
+            if dep != source and dep not in nodes:
                 nodes[dep] = Alias(dep, source)
         nodes[key] = tasks[key]
     return nodes, sorted(external, key=repr)
@@ -321,6 +331,36 @@ def _sorted_deps(node: GraphNode) -> list[Key]:
     return sorted(deps, key=str) if len(deps) > 1 else list(deps)
 
 
+def _group(dsk: Mapping[Key, GraphNode], tasks: Mapping[Key, GraphNode], task_deps: Mapping[Key, set],
+           aliases: Mapping[Key, Key], wanted: list[Key], priority: Mapping[Key, int],
+           sizes: Mapping[Key, int], settings: FuseSettings) -> tuple[list[list[Key]], set[Key]]:
+    """The groups of ``tasks``, and the generators each group reading them makes itself.
+
+    Generators read across the first grouping's units are made by their readers, and the rest
+    grouped again as if they were literals, unless a unit of that grouping would then hold more
+    at once (by :func:`fuse.peak_bytes`) than half the action's memory (``2 * max_bytes``) and
+    than the first grouping's largest: then the first grouping stands."""
+    grouped = group_tasks(tasks, task_deps, priority, sizes, settings)
+    remade = crossing_generators(grouped, tasks, task_deps, sizes, settings)
+    if not remade:
+        return grouped, set()
+    kept = {aliases.get(k, k) for k in wanted} & remade  # asked for: made once on their own too
+    regrouped = group_tasks({k: n for k, n in tasks.items() if k not in remade or k in kept},
+                            {k: deps - remade for k, deps in task_deps.items() if k not in remade or k in kept},
+                            priority, sizes, settings)
+    guess = guessed_sizes(sorted(tasks, key=priority.__getitem__), task_deps, sizes)
+
+    def largest(groups: list[list[Key]], made: set[Key]) -> int:
+        bodies = [_unit_tasks(group, dsk, aliases, made) for group in groups]
+        read = {aliases.get(k, k) for k in wanted} | {aliases.get(k, k) for _, ins in bodies for k in ins}
+        return max(peak_bytes(nodes, [aliases.get(k, k) for k in inputs], read.intersection(group), guess)
+                   for group, (nodes, inputs) in zip(groups, bodies, strict=True))
+
+    if largest(regrouped, remade) > max(2 * settings.max_bytes, largest(grouped, set())):
+        return grouped, set()
+    return regrouped, remade
+
+
 def build_plan(graph: Mapping, keys: Key | list, sizes: Mapping[Key, int] | None = None,
                settings: FuseSettings = FuseSettings()) -> Plan:
     """Plan the computation of ``keys`` (one key or nested lists, as Dask passes) from ``graph``.
@@ -344,10 +384,10 @@ def build_plan(graph: Mapping, keys: Key | list, sizes: Mapping[Key, int] | None
         wanted = [*wanted, *(d for node in local.values() for d in node.dependencies)]
         tasks = {k: node for k, node in tasks.items() if k not in local}
         task_deps = {k: deps - set(local) for k, deps in task_deps.items() if k not in local}
-    grouped = group_tasks(tasks, task_deps, priority, sizes, settings)
+    grouped, remade = _group(dsk, tasks, task_deps, aliases, wanted, priority, sizes or {}, settings)
     groups = {f"u{index}": group for index, group in enumerate(grouped)}
     producer = {key: name for name, group in groups.items() for key in group}
-    bodies = {name: _unit_tasks(group, tasks, aliases) for name, group in groups.items()}
+    bodies = {name: _unit_tasks(group, dsk, aliases, remade) for name, group in groups.items()}
     needed_outside = {aliases.get(k, k) for k in [*wanted, *(d for _, ins in bodies.values() for d in ins)]}
     units: dict[str, Unit] = {}
     dependencies: dict[str, set[str]] = {}
@@ -365,4 +405,4 @@ def build_plan(graph: Mapping, keys: Key | list, sizes: Mapping[Key, int] | None
         dependencies[name] = {producer[s] for s in (aliases.get(k, k) for k in inputs) if s in producer}
         for dep in dependencies[name]:
             dependents[dep].add(name)
-    return Plan(units, dependencies, dependents, producer, data, aliases, local)
+    return Plan(units, dependencies, dependents, producer, data, aliases, local, frozenset(remade))

@@ -9,7 +9,7 @@ import pytest
 from dask.core import flatten
 from dask._task_spec import Task, TaskRef
 
-from dask_whisk.fuse import FuseSettings
+from dask_whisk.fuse import FuseSettings, is_generator, peak_bytes
 from dask_whisk.plan import LocalDiskGraphError, as_task_graph, build_plan, known_sizes
 
 
@@ -127,6 +127,7 @@ def test_large_chunks_pull_their_consumers_and_never_cross_the_store():
     large = {k for k, v in sizes.items() if v >= 2 * 1024 * 1024}
     crossing = [k for u in plan.units.values() for k in u.inputs if plan.source(k) in large]
     assert not crossing, f"{len(crossing)} large chunks read across units"
+    assert plan.summary()["remade"] == 0, "chunks kept beside their readers are made once"
     unfused, _, _ = collection_plan((x + x.T).mean(axis=0).sum(), FuseSettings(fuse=False))
     assert sum(plan.source(k) in large for u in unfused.units.values() for k in u.inputs) >= len(large)
     check_well_formed(plan)
@@ -242,3 +243,55 @@ def test_a_graph_over_the_order_limit_plans_the_same_work(monkeypatch):
         for key, node in unit.tasks.items():
             assert not (set(node.dependencies) & set(unit.tasks)) - done, (unit.name, key)
             done.add(key)
+
+
+def generator_inputs(plan):
+    """Inputs of units that are generated chunks (random numbers, ones...) another unit made."""
+    return [k for u in plan.units.values() for k in u.inputs
+            if plan.source(k) in plan.producer and is_generator(
+                plan.units[plan.producer[plan.source(k)]].tasks[plan.source(k)])]
+
+
+def test_generated_chunks_read_across_units_are_made_by_their_readers():
+    """(x @ x).sum() of random 32 MB blocks on 512 MB actions: each block is read by seven
+    products, which no unit can hold together; so each unit makes the blocks it reads, just
+    before the first task reading it, and units group by output block (no large value moves)."""
+    x = da.random.random((8_000, 8_000), chunks=(2_000, 2_000))
+    settings = FuseSettings(parallelism=8, max_bytes=128 * 2**20)
+    plan, sizes, _ = collection_plan((x @ x).sum(), settings)
+    check_well_formed(plan)
+    assert plan.summary()["remade"] >= 16 * 6 and not generator_inputs(plan)
+    assert len(plan.units) <= 16, "units group by output block"
+    large_inputs = [k for u in plan.units.values() for k in u.inputs if sizes.get(plan.source(k), 0) > 1000]
+    assert not large_inputs
+    for unit in plan.units.values():  # made just before its first reader: no unit holds them all
+        order = list(unit.tasks)
+        for made in (order.index(k) for k in order if k in plan.remade):
+            first = next(i for i, k in enumerate(order) if order[made] in unit.tasks[k].dependencies)
+            assert made < first and all(not unit.tasks[k].dependencies for k in order[made:first])
+
+
+def test_a_plan_whose_readers_make_its_chunks_computes_the_same():
+    x = da.random.RandomState(3).random((3_000, 3_000), chunks=1_000)  # 8 MB blocks
+    plan, _, seen = collection_plan((x @ x).sum(), FuseSettings(parallelism=4, max_bytes=64 * 2**20))
+    assert plan.summary()["remade"] > 0 and not generator_inputs(plan)
+    (key,) = flatten(seen["keys"])
+    assert run_locally(plan)[plan.source(key)] == pytest.approx(dask.get(seen["graph"], key))
+
+
+def test_chunks_are_not_made_again_where_units_would_then_hold_more():
+    """12 MB blocks, 32 MiB units: grouped by output block, units would hold several blocks at
+    once, more than the plan that moves them: that plan stands."""
+    x = da.random.random((4_800, 4_800), chunks=(1_200, 1_200))
+    plan, _, _ = collection_plan((x @ x).sum(), FuseSettings(parallelism=8, max_bytes=32 * 2**20))
+    assert plan.summary()["remade"] == 0 and generator_inputs(plan)
+    check_well_formed(plan)
+
+
+def test_peak_bytes_counts_what_is_held_at_once():
+    """Inputs all along; a value from its task to its last reader; outputs to the end."""
+    nodes = {"a": Task("a", abs, TaskRef("in")), "b": Task("b", abs, TaskRef("a")),
+             "c": Task("c", abs, TaskRef("b")), "d": Task("d", operator.add, TaskRef("c"), TaskRef("a"))}
+    guess = {"in": 1, "a": 10, "b": 100, "c": 1000, "d": 10_000}
+    assert peak_bytes(nodes, ["in"], ["d"], guess) == 1 + 10 + 1000 + 10_000  # b dropped once c is made
+    assert peak_bytes(nodes, ["in"], ["b", "d"], guess) == 1 + 10 + 100 + 1000 + 10_000

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from dask.diagnostics import Callback, ProgressBar
 
+import dask_whisk
 from dask_whisk import backend, whisk_get
 from dask_whisk.job import ActivationError
 from dask_whisk.plan import LocalDiskGraphError
@@ -498,3 +499,42 @@ def test_many_small_inputs_stay_within_the_payload_limit(store):
     parts = [dask.delayed(lambda i: np.full(7_500, float(i)))(i) for i in range(40)]
     total = dask.delayed(lambda arrays: sum(a.sum() for a in arrays))(parts)
     assert total.compute(scheduler=whisk_get) == sum(7_500.0 * i for i in range(40))
+
+
+def test_a_unit_drops_the_values_its_later_tasks_do_not_read(local_store_root):
+    """A chain of nine 48 MB arrays runs as one unit; each is dropped once the next is made, so
+    the activation's high-water mark (reset by the first task) stays near two of them, not nine."""
+    def start():
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset this process's peak resident memory (VmHWM)
+        return np.ones(6_000_000)
+
+    def step(a):
+        return a + 1
+
+    def total_and_peak(a):
+        with open("/proc/self/status") as f:
+            peak_kb = int(f.read().split("VmHWM:")[1].split()[0])
+        return float(a.sum()), peak_kb * 1024
+
+    value = dask.delayed(start)()
+    for _ in range(8):
+        value = dask.delayed(step)(value)
+    got, peak = dask.delayed(total_and_peak, nout=2)(value).compute(scheduler=whisk_get)
+    assert got == 9 * 6_000_000
+    assert dask_whisk.last_report().units == 1
+    assert peak < 5 * 48_000_000, f"the unit held {peak / 1e6:.0f} MB at once"
+
+
+def test_a_random_matrix_products_readers_make_its_blocks_themselves(local_store_root):
+    """(x @ x).sum() of random 8 MB blocks on 256 MB actions, planned for 4 at once: rather than
+    store each block once and read it in five products' units, each unit makes the blocks it
+    reads, and units group by output block; the result is sync's, nothing large stored."""
+    x = da.random.RandomState(0).random((3000, 3000), chunks=1000)
+    with dask.config.set({"whisk.action": "dask-whisk-256", "whisk.action-memory": 256,
+                          "whisk.parallelism": 4}):
+        got = (x @ x).sum().compute(scheduler=whisk_get)
+    report = dask_whisk.last_report()
+    assert got == pytest.approx((x @ x).sum().compute(scheduler="sync"))
+    assert report.remade > 0
+    assert report.bytes_stored < 1_000_000, f"{report.bytes_stored:,} bytes crossed the store"

@@ -106,15 +106,23 @@ def _function_loader(store: WorkerStore, mac_key: bytes):
 
 def _execute(spec: protocol.UnitSpec, inputs: dict) -> tuple[list[Any], list[list]]:
     """Run the unit's tasks in their given (dependency-respecting) order; return its outputs
-    and the distinct warnings they raised (the client shows each once per job)."""
-    cache = dict(inputs)
+    and the distinct warnings they raised (the client shows each once per job).
+
+    A value is dropped once the last task reading it has run, unless it is an output, so a
+    unit holds what its remaining tasks need, not everything it made. ``inputs`` is consumed."""
+    last_reader = {dep: index for index, node in enumerate(spec.tasks.values()) for dep in node.dependencies}
+    outputs = set(spec.outputs)
+    cache = inputs
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for key, node in spec.tasks.items():
+        for index, (key, node) in enumerate(spec.tasks.items()):
             try:
                 cache[key] = node(cache)
             except Exception as exc:
                 raise _TaskFailed(key, exc) from exc
+            for dep in node.dependencies:
+                if last_reader[dep] == index and dep not in outputs:
+                    del cache[dep]
     distinct = list(dict.fromkeys(tuple(protocol.warning_entry(w)) for w in caught))
     return [cache[key] for key in spec.outputs], [list(w) for w in distinct[:MAX_WARNINGS]]
 
