@@ -55,6 +55,8 @@ class SwiftEnv:
     auth_url: str
     user: str
     key: str
+    #: the folder of the swift-saio the tests started (its rings and configs), None for another Swift
+    saio_dir: str | None = None
 
     def options(self, **extra) -> dict:
         """Keyword arguments for ``open_job_store('swift', ...)`` pointing at this Swift."""
@@ -77,7 +79,7 @@ def _saio(**options) -> Iterator[SwiftEnv]:
     directory = tempfile.mkdtemp(prefix="dask-whisk-test-saio-", dir=shm)
     try:
         info = saio.start(directory, port=saio.free_port(), **options)
-        yield SwiftEnv(info.auth_url, info.user, info.key)
+        yield SwiftEnv(info.auth_url, info.user, info.key, directory)
     finally:
         saio.stop(directory)
         shutil.rmtree(directory, ignore_errors=True)
