@@ -92,6 +92,8 @@ class JobReport:
             "init": (notes.get("initTime") or 0) / 1000,
             "fetch": float(stats.get("fetch_s") or 0.0),
             "runtime": float(stats.get("runtime_s") or 0.0),  # fetching and unpacking a runtime
+            # stored inputs the warm container had read already (not read from the store again)
+            "reused_bytes": int(stats.get("reused_bytes") or 0),
         }
         for phase in ("decode", "compute", "store"):
             entry[phase] = sum(float(u.get(f"{phase}_s", 0.0)) for u in units_stats)
@@ -117,6 +119,11 @@ class JobReport:
     def cold_starts(self) -> int:
         """Activations whose record has an ``initTime``: a new container ran the action's init."""
         return sum(1 for a in self.attempts if a["init"] > 0)
+
+    @property
+    def bytes_reused(self) -> int:
+        """Stored bytes activations took from what their warm container had read before."""
+        return sum(a.get("reused_bytes", 0) for a in self.attempts)
 
     @property
     def activation_s(self) -> float:
@@ -160,7 +167,7 @@ class JobReport:
         """The report as plain JSON types, with the figures derived from its attempts under
         ``figures`` for whoever reads the file (:meth:`from_json` derives them again)."""
         figures = {name: getattr(self, name) for name in (
-            "requests", "cold_starts", "activation_s", "gb_seconds", "peak_rss_bytes",
+            "requests", "cold_starts", "bytes_reused", "activation_s", "gb_seconds", "peak_rss_bytes",
             "peak_concurrency", "phases_s", "cost", "vm_cost")}
         return {**dataclasses.asdict(self), "figures": figures}
 
@@ -180,7 +187,8 @@ class JobReport:
              f"{self.activations} ({self.retries}, {self.backups}, {self.cold_starts})"),
             ("most attempts of one unit", f"{self.max_attempts}"),
             ("peak concurrency", f"{self.peak_concurrency}"),
-            ("bytes stored / inline", f"{self.bytes_stored:,} / {self.bytes_inline:,}"),
+            ("bytes stored / inline / reused in warm containers",
+             f"{self.bytes_stored:,} / {self.bytes_inline:,} / {self.bytes_reused:,}"),
             ("wall / activations summed (s)", f"{self.wall_s:.3f} / {self.activation_s:.3f}"),
             ("plan / wait / init (s)", " / ".join(f"{phases[p]:.3f}" for p in ("plan", "wait", "init"))),
             ("fetch / decode / compute / store (s)",

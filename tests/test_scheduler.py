@@ -538,3 +538,21 @@ def test_a_random_matrix_products_readers_make_its_blocks_themselves(local_store
     assert got == pytest.approx((x @ x).sum().compute(scheduler="sync"))
     assert report.remade > 0
     assert report.bytes_stored < 1_000_000, f"{report.bytes_stored:,} bytes crossed the store"
+
+
+def test_a_warm_container_reads_a_stored_input_once(local_store_root):
+    """Five units in a chain, one activation each, all reading the same 8 MB value the client
+    stored: the container that runs them reads it from the store once, then from what it read."""
+    data = dask.delayed(np.arange(1_000_000), name="shared-data")
+
+    def step(previous, values):
+        return previous + float(values[-1])
+
+    value = 0.0
+    for _ in range(5):
+        value = dask.delayed(step)(value, data)
+    with dask.config.set({"whisk.fuse": False}):
+        assert value.compute(scheduler=whisk_get) == 5 * 999_999
+    report = dask_whisk.last_report()
+    assert report.activations == 5
+    assert report.bytes_reused >= 4 * 8_000_000, report.attempts
