@@ -28,7 +28,7 @@ demo: venv
 # The test run starts a real Swift on loopback and stops it afterwards, whatever the outcome.
 test: venv npm
 	@eval "$$($(BIN)/dask-whisk swift-saio start --dir $(SAIO_DIR))" && \
-	  DASK_WHISK_NPM_DIR=$(NPM_DIR) $(BIN)/python -m pytest $(PYTEST_ARGS); \
+	  DASK_WHISK_NPM_DIR=$(NPM_DIR) DASK_WHISK_TEST_SAIO_DIR=$(SAIO_DIR) $(BIN)/python -m pytest $(PYTEST_ARGS); \
 	  rc=$$?; $(BIN)/dask-whisk swift-saio stop --dir $(SAIO_DIR); exit $$rc
 
 # Benchmarks (never two at once on a 2-core machine): whisk_get against Dask's schedulers and
