@@ -100,40 +100,58 @@ def _memory_limit() -> int | None:
     return None
 
 
-class _Recent(WorkerStore):
-    """The job's store, through the objects (and byte ranges) this warm container read lately,
-    so that the units of a job reading the same stored input in one container read it once.
+class _RecentObjects:
+    """The stored objects (and byte ranges) this warm container read lately, least recently used
+    dropped first, at most ``budget`` bytes, none over a quarter of it (kept for its life)."""
 
-    Safe because a job never writes a name twice (every attempt writes new ones) and every frame
-    is checked against the job's key when decoded, cached or not; keyed by job, so another job's
-    objects are never served. Bounded to a sixteenth of the container's memory (32 MiB where no
-    limit is visible), objects over a quarter of that not kept; least recently used go first.
-    """
+    def __init__(self, budget: int) -> None:
+        self.budget, self.held = budget, 0
+        self._items: collections.OrderedDict[tuple, bytes] = collections.OrderedDict()
+        self._lock = threading.Lock()  # reads run concurrently on the I/O pool
 
-    BUDGET = (_memory_limit() or 512 * 2**20) // 16
-    _items: collections.OrderedDict = collections.OrderedDict()
-    _held = 0
-    _lock = threading.Lock()
-
-    def __init__(self, store: WorkerStore, job: str) -> None:
-        self.store, self.job = store, job
-        self.reused = 0  # bytes this activation got from the cache
-
-    def _through(self, key: tuple, read: Any) -> bytes:
+    def get(self, key: tuple) -> bytes | None:
+        """The bytes kept under ``key``, or None."""
         with self._lock:
             data = self._items.pop(key, None)
             if data is not None:
                 self._items[key] = data
-                self.reused += len(data)
-                return data
+            return data
+
+    def keep(self, key: tuple, data: bytes) -> None:
+        """Keep ``data`` under ``key`` if it is small enough, dropping the oldest beyond the budget."""
+        if len(data) > self.budget // 4:
+            return
+        with self._lock:
+            if key not in self._items:
+                self._items[key] = data
+                self.held += len(data)
+            while self.held > self.budget:
+                self.held -= len(self._items.popitem(last=False)[1])
+
+
+#: a sixteenth of the container's memory (32 MiB where no limit is visible)
+_recent = _RecentObjects((_memory_limit() or 512 * 2**20) // 16)
+
+
+class _Recent(WorkerStore):
+    """A job's store read through :data:`_recent`, so that the units of a job reading the same
+    stored input in one container read it once; counts the bytes it did not read again.
+
+    Safe because a job never writes a name twice (every attempt writes new ones) and every frame
+    is checked against the job's key when decoded, cached or not; keyed by job, so another job's
+    objects are never served."""
+
+    def __init__(self, store: WorkerStore, job: str) -> None:
+        self.store, self.job = store, job
+        self.reused = 0
+
+    def _through(self, key: tuple, read: Any) -> bytes:
+        data = _recent.get(key)
+        if data is not None:
+            self.reused += len(data)
+            return data
         data = read()
-        if len(data) <= self.BUDGET // 4:
-            with self._lock:
-                if key not in self._items:
-                    self._items[key] = data
-                    type(self)._held += len(data)
-                while self._held > self.BUDGET:
-                    type(self)._held -= len(self._items.popitem(last=False)[1])
+        _recent.keep(key, data)
         return data
 
     def get(self, name: str) -> bytes:

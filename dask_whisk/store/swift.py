@@ -37,15 +37,9 @@ SET_A_KEY = ("set one with `swift post -m Temp-URL-Key:<secret>` (X-Account-Meta
 BULK_DELETE_BATCH = 1000
 
 
-class _PartsReader(RangeReader):
+def _parts_reader(views: list[memoryview], start: int, stop: int) -> RangeReader:
     """A range of byte views (a value's buffers, never joined)."""
-
-    def __init__(self, views: list[memoryview], start: int, stop: int):
-        super().__init__(start, stop)
-        self._views = views
-
-    def _read(self, start: int, end: int) -> bytes:
-        return b"".join(byte_slices(self._views, start, end))
+    return RangeReader(lambda begin, end: b"".join(byte_slices(views, begin, end)), start, stop)
 
 
 def open_worker_store(access: dict[str, Any]) -> SwiftWorkerStore:
@@ -417,7 +411,7 @@ class SwiftJobStore(SwiftAccount, JobStore):
         conn = self._conn()
         if total <= size:
             self._call("PUT object", name, conn.put_object, self.container, obj,
-                       _PartsReader(views, 0, total), content_length=total,
+                       _parts_reader(views, 0, total), content_length=total,
                        content_type="application/octet-stream", chunk_size=1 << 20)
             return total
         self.check_segments(name, -(-total // size))
@@ -426,7 +420,7 @@ class SwiftJobStore(SwiftAccount, JobStore):
         for index, start in enumerate(range(0, total, size)):
             stop = min(start + size, total)
             manifest.append(self.put_segment(name, self.container, f"{prefix}{index:08d}",
-                                             _PartsReader(views, start, stop), stop - start))
+                                             _parts_reader(views, start, stop), stop - start))
         self.put_manifest(name, self.container, obj, manifest)
         self._segmented.add(name)
         return total

@@ -19,7 +19,7 @@ import secrets
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from . import Buffer, ObjectMissing, StoreError, WorkerStore, check_range
@@ -64,14 +64,11 @@ def byte_slices(views: list[memoryview], start: int, stop: int) -> Iterator[memo
 
 
 class RangeReader:
-    """A seekable reader of bytes [start, stop) of some source: swiftclient streams it and
-    rewinds it on each retry. Subclasses say how to read from the source."""
+    """A seekable reader of bytes [start, stop) of a source that ``read(start, end)`` returns
+    bytes of: swiftclient streams it and rewinds it on each retry."""
 
-    def __init__(self, start: int, stop: int):
-        self._start, self._stop, self._pos = start, stop, start
-
-    def _read(self, start: int, end: int) -> bytes:
-        raise NotImplementedError
+    def __init__(self, read: Callable[[int, int], bytes], start: int, stop: int):
+        self._read, self._start, self._stop, self._pos = read, start, stop, start
 
     def read(self, size: int = -1) -> bytes:
         """Up to ``size`` bytes (all that is left when negative) from the current position."""

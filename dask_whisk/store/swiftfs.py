@@ -376,16 +376,12 @@ def _entry(container: str, entry: dict[str, Any]) -> dict[str, Any]:
             "last_modified": entry.get("last_modified"), "slo": "slo_etag" in entry}
 
 
-class _FileSlice(RangeReader):
+def _file_slice(file: Any, start: int, stop: int) -> RangeReader:
     """Bytes [start, stop) of an open file, as a seekable reader (rewound on each retry)."""
-
-    def __init__(self, file: Any, start: int, stop: int):
-        super().__init__(start, stop)
-        self._file = file
-
-    def _read(self, start: int, end: int) -> bytes:
-        self._file.seek(start)
-        return self._file.read(end - start)
+    def read(begin: int, end: int) -> bytes:
+        file.seek(begin)
+        return file.read(end - begin)
+    return RangeReader(read, start, stop)
 
 
 class SwiftFile(AbstractBufferedFile):
@@ -422,7 +418,7 @@ class SwiftFile(AbstractBufferedFile):
     def _put_whole(self) -> None:
         container, key = self.fs.split_path(self.path)
         size = self._spooled
-        reader = _FileSlice(self._spool, 0, size)
+        reader = _file_slice(self._spool, 0, size)
         content_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
         granted = self.fs._granted()
         if granted is not None:
@@ -450,9 +446,9 @@ class SwiftFile(AbstractBufferedFile):
         account.check_segments(self.path, len(self._segments) + 1)
         self._segments.append(account.put_segment(
             self.path, f"{container}_segments", f"{self._segment_prefix}{len(self._segments):08d}",
-            _FileSlice(self._spool, 0, size), size))
+            _file_slice(self._spool, 0, size), size))
         rest = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)
-        shutil.copyfileobj(_FileSlice(self._spool, size, self._spooled), rest)
+        shutil.copyfileobj(_file_slice(self._spool, size, self._spooled), rest)
         self._spool.close()
         self._spool, self._spooled = rest, self._spooled - size
 
