@@ -338,8 +338,9 @@ def _group(dsk: Mapping[Key, GraphNode], tasks: Mapping[Key, GraphNode], task_de
 
     Generators read across the first grouping's units are made by their readers, and the rest
     grouped again as if they were literals, unless a unit of that grouping would then hold more
-    at once (by :func:`fuse.peak_bytes`) than half the action's memory (``2 * max_bytes``) and
-    than the first grouping's largest: then the first grouping stands."""
+    at once (by :func:`fuse.peak_bytes`, which guesses high: a reduction's output at its input's
+    size) than the action's memory (``4 * max_bytes``) and than the first grouping's largest:
+    then the first grouping stands."""
     grouped = group_tasks(tasks, task_deps, priority, sizes, settings)
     remade = crossing_generators(grouped, tasks, task_deps, sizes, settings)
     if not remade:
@@ -356,7 +357,7 @@ def _group(dsk: Mapping[Key, GraphNode], tasks: Mapping[Key, GraphNode], task_de
         return max(peak_bytes(nodes, [aliases.get(k, k) for k in inputs], read.intersection(group), guess)
                    for group, (nodes, inputs) in zip(groups, bodies, strict=True))
 
-    if largest(regrouped, remade) > max(2 * settings.max_bytes, largest(grouped, set())):
+    if largest(regrouped, remade) > max(4 * settings.max_bytes, largest(grouped, set())):
         return grouped, set()
     return regrouped, remade
 

@@ -280,10 +280,10 @@ def test_a_plan_whose_readers_make_its_chunks_computes_the_same():
 
 
 def test_chunks_are_not_made_again_where_units_would_then_hold_more():
-    """12 MB blocks, 32 MiB units: grouped by output block, units would hold several blocks at
-    once, more than the plan that moves them: that plan stands."""
+    """12 MB blocks, 64 MiB actions: grouped by output block, units would hold several blocks at
+    once, more than the action's memory and the plan that moves them: that plan stands."""
     x = da.random.random((4_800, 4_800), chunks=(1_200, 1_200))
-    plan, _, _ = collection_plan((x @ x).sum(), FuseSettings(parallelism=8, max_bytes=32 * 2**20))
+    plan, _, _ = collection_plan((x @ x).sum(), FuseSettings(parallelism=8, max_bytes=16 * 2**20))
     assert plan.summary()["remade"] == 0 and generator_inputs(plan)
     check_well_formed(plan)
 
