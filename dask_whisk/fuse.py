@@ -13,6 +13,10 @@ tasks are grouped when that saves both without losing parallelism the namespace 
    its inputs within ``max_bytes`` (a value's size, where no layer says it, guessed at its
    largest input's): a matrix product's partial sums would otherwise gather every block of a
    row and a column into one activation.
+   The widest level is kept only as wide as the work can use: a graph of array chunks that
+   library functions make and transform (numpy's, Dask's: time about proportional to bytes)
+   with fewer than ``parallelism * unit_bytes`` bytes in all gets one unit per ``unit_bytes``
+   (:func:`useful_parallelism`): a 4-chunk sum of 20 KB chunks is one activation, not five.
 
 Where these rules still leave a large chunk made by one of Dask's array-creation functions
 (random numbers, ``ones``, ``arange``: see :data:`GENERATORS`) read across units, every unit
@@ -32,6 +36,7 @@ import math
 import operator
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import dask.array.chunk
 import dask.array.random
@@ -53,6 +58,9 @@ GENERATORS = frozenset(filter(None, (
     getattr(dask.array.chunk, "linspace", None),
     np.eye,
 )))
+#: modules whose functions do array work in time about proportional to the bytes they touch
+LIBRARY_MODULES = frozenset({"numpy", "dask", "operator", "_operator", "builtins", "math", "functools",
+                             "_functools", "itertools", "toolz", "tlz"})
 #: visits allowed when checking that a merge leaves the unit graph acyclic (beyond it: refuse)
 CYCLE_CHECK_VISITS = 10_000
 
@@ -68,6 +76,8 @@ class FuseSettings:
     large_bytes: int = 2 * 1024 * 1024
     #: known bytes (inputs and outputs) a unit built by rule 3 may hold
     max_bytes: int = 128 * 1024 * 1024
+    #: array bytes of library work worth an activation of their own (0: use all the parallelism)
+    unit_bytes: int = 0
 
 
 def is_cheap(node: GraphNode) -> bool:
@@ -83,6 +93,53 @@ def is_generator(node: GraphNode) -> bool:
     while isinstance(func, functools.partial):
         func = func.func
     return isinstance(node, Task) and not node.dependencies and func in GENERATORS
+
+
+def _module_of(func: Any) -> str:
+    """The top-level package of a callable (a method descriptor's: its class's)."""
+    owner = getattr(func, "__objclass__", None)
+    module = getattr(owner or func, "__module__", None) or type(func).__module__
+    return module.partition(".")[0]
+
+
+def is_library_work(value: Any) -> bool:
+    """Whether every function that ``value`` (a task, with its nested tasks, partials and
+    composed functions) calls is numpy's, Dask's or the standard library's: a user's own
+    function may take any time over few bytes (a parameter sweep), so it never counts."""
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, Task):  # List and Dict too
+            todo.append(item.func)
+            todo.extend(item.args)
+            todo.extend(item.kwargs.values())
+        elif isinstance(item, DataNode):
+            todo.append(item.value)
+        elif isinstance(item, functools.partial):
+            todo.extend((item.func, *item.args, *item.keywords.values()))
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            todo.extend(item)
+        elif isinstance(item, dict):
+            todo.extend(item.values())
+        elif hasattr(item, "funcs") and _module_of(item) in LIBRARY_MODULES:  # toolz's compose
+            todo.extend(item.funcs)
+        elif callable(item) and not isinstance(item, type) and _module_of(item) not in LIBRARY_MODULES:
+            return False
+    return True
+
+
+def useful_parallelism(tasks: Mapping[Key, GraphNode], dependencies: Mapping[Key, set],
+                       guess: Mapping[Key, int], settings: FuseSettings) -> int:
+    """The concurrency the graph's work can use: the namespace's, or for a graph of array
+    chunks of known size (every task that reads nothing has one) made and transformed by
+    library functions only (:func:`is_library_work`), one activation per ``unit_bytes`` of
+    its values' bytes, as guessed."""
+    if not settings.unit_bytes or any(not deps and not guess.get(k) for k, deps in dependencies.items()):
+        return settings.parallelism
+    needed = max(1, math.ceil(sum(guess.values()) / settings.unit_bytes))
+    if needed >= settings.parallelism or not all(map(is_library_work, tasks.values())):
+        return settings.parallelism
+    return needed
 
 
 def crossing_generators(groups: list[list[Key]], tasks: Mapping[Key, GraphNode],
@@ -194,8 +251,9 @@ def group_tasks(
                 root = groups.union(root, part)
     # 4. fan-in trees, bottom up, while a unit's inputs (all fetched before its first task runs)
     # stay within max_bytes: a value of unknown size is guessed at its largest input's size
-    max_tasks = max(1, math.ceil(len(tasks) / max(1, settings.parallelism)))
     guess = guessed_sizes(by_priority, dependencies, sizes)
+    parallelism = useful_parallelism(tasks, dependencies, guess, settings)
+    max_tasks = max(1, math.ceil(len(tasks) / max(1, parallelism)))
     reads: dict[Key, set] = {}  # root -> the tasks outside it its members read (guessed > 0)
     read_bytes: dict[Key, int] = {}
 

@@ -44,11 +44,12 @@ dask.config.update(
 
 def fuse_settings(parallelism: int) -> FuseSettings:
     """The grouping limits for this configuration: the concurrency to keep busy, and a unit's
-    known bytes within a quarter of the action's memory."""
+    known bytes within a quarter of the action's memory, the bytes of array work worth a unit."""
     memory_mb = dask.config.get("whisk.action-memory") or 512
     return FuseSettings(fuse=bool(dask.config.get("whisk.fuse")), parallelism=parallelism,
                         large_bytes=int(dask.config.get("whisk.fuse-large-bytes")),
-                        max_bytes=memory_mb * 1024 * 1024 // 4)
+                        max_bytes=memory_mb * 1024 * 1024 // 4,
+                        unit_bytes=int(dask.config.get("whisk.fuse-unit-bytes") or 0))
 
 
 def get(dsk: Mapping | Any, keys: Sequence[Key] | Key, callbacks=None, runtime: str | None = None,

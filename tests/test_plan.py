@@ -97,6 +97,25 @@ def test_width_is_kept_for_the_namespace_concurrency():
         assert run_locally(plan)["total"] == -sum(range(10_000))
 
 
+def test_small_array_work_runs_on_as_few_units_as_its_bytes_need():
+    """A 4-chunk sum of 20 KB chunks is one unit (not five activations in two rounds); 80 MB of
+    chunks spread over 80 MB / unit_bytes units; a user's function over the same small chunks
+    (it may take any time: a parameter sweep) keeps the whole parallelism."""
+    settings = FuseSettings(parallelism=8, unit_bytes=8 * 2**20)
+    small, _, _ = collection_plan(da.ones((100, 100), chunks=50).sum(), settings)
+    assert small.summary()["units"] == 1
+    check_well_formed(small)
+    assert collection_plan(da.ones((100, 100), chunks=50).sum(), FuseSettings(parallelism=8))[0] \
+        .summary()["units"] == 5, "unit_bytes=0 no longer means the whole parallelism"
+    x = da.ones((10_000, 1_000), chunks=(250, 1_000))  # 40 chunks of 2 MB: 80 MB in all
+    wide = FuseSettings(parallelism=64, unit_bytes=8 * 2**20)
+    medium = collection_plan((x + 1).sum(), wide)[0].summary()["units"]
+    whole = collection_plan((x + 1).sum(), FuseSettings(parallelism=64))[0].summary()["units"]
+    assert whole > 40 and 10 <= medium < 40
+    swept, _, _ = collection_plan(da.ones((100, 100), chunks=50).map_blocks(lambda b: b * 2).sum(), settings)
+    assert swept.summary()["units"] == 5
+
+
 def test_fan_in_tree_groups_stay_within_tasks_over_parallelism():
     leaves = [dask.delayed(operator.neg)(i) for i in range(1024)]
     while len(leaves) > 1:
