@@ -105,7 +105,8 @@ def _module_of(func: Any) -> str:
 def is_library_work(value: Any) -> bool:
     """Whether every function that ``value`` (a task, with its nested tasks, partials and
     composed functions) calls is numpy's, Dask's or the standard library's: a user's own
-    function may take any time over few bytes (a parameter sweep), so it never counts."""
+    function may take any time over few bytes (a parameter sweep), so it never counts.
+    Literal data is not searched (only a literal that is itself a function is checked)."""
     todo = [value]
     while todo:
         item = todo.pop()
@@ -114,12 +115,13 @@ def is_library_work(value: Any) -> bool:
             todo.extend(item.args)
             todo.extend(item.kwargs.values())
         elif isinstance(item, DataNode):
-            todo.append(item.value)
+            if callable(item.value):
+                todo.append(item.value)
         elif isinstance(item, functools.partial):
             todo.extend((item.func, *item.args, *item.keywords.values()))
-        elif isinstance(item, (list, tuple, set, frozenset)):
+        elif isinstance(item, (list, tuple)):
             todo.extend(item)
-        elif isinstance(item, dict):
+        elif isinstance(item, dict):  # a fused task's subgraph
             todo.extend(item.values())
         elif hasattr(item, "funcs") and _module_of(item) in LIBRARY_MODULES:  # toolz's compose
             todo.extend(item.funcs)

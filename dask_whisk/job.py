@@ -222,13 +222,19 @@ class Job:
             ))
         return calls
 
+    async def _access(self, read: list[str], write: list[str]) -> dict[str, Any]:
+        """The store's grant for an activation, off the event loop if getting it may block."""
+        if not self.store.access_blocks:
+            return self.store.worker_access(read, write)
+        return await asyncio.get_running_loop().run_in_executor(None, self.store.worker_access, read, write)
+
     async def _invocation(self, calls: list[protocol.UnitCall]) -> tuple[dict[str, Any], list[str]]:
         """The invoke body for ``calls``, and the manifest it needs stored, if any (to delete)."""
         loop = asyncio.get_running_loop()
         # reads: anything of the job's (values are MAC-checked on read); writes: only the names
         # of these attempts. One grant each, however many inputs and outputs the units have.
         writes = [protocol.output_prefix(c.unit, c.attempt) for c in calls]
-        access = await loop.run_in_executor(None, self.store.worker_access, [""], writes)
+        access = await self._access([""], writes)
         inv = protocol.Invocation(job=self.id, mac_key=self.mac_key, store=access, units=calls,
                                   runtime=self.runtime, grants=self.grants)
         body = inv.to_json()
@@ -239,7 +245,7 @@ class Job:
         frame = self._encode({"units": [c.to_json() for c in calls], "store": access}, "manifest")
         nbytes = await loop.run_in_executor(None, self.store.put, name,
                                             protocol.seal(frame, self.mac_key, name))
-        manifest_access = await loop.run_in_executor(None, self.store.worker_access, [name], [])
+        manifest_access = await self._access([name], [])
         inv = protocol.Invocation(job=self.id, mac_key=self.mac_key, store=manifest_access,
                                   manifest=protocol.stored_ref(name, nbytes), runtime=self.runtime,
                                   grants=self.grants)

@@ -65,6 +65,9 @@ class JobStore(WorkerStore):
     """The client's handle on one job's namespace: it also lists, deletes and grants access."""
 
     job_id: str
+    #: whether :meth:`worker_access` may wait on the network (a token refresh): then callers on
+    #: an event loop run it in a thread; a store that only signs or names runs it in place
+    access_blocks: bool = True
 
     @abc.abstractmethod
     def exists(self, name: str) -> bool:

@@ -103,6 +103,8 @@ def private_root(root: Path) -> Path:
 class LocalJobStore(LocalWorkerStore, JobStore):
     """The client's handle on a job directory under ``root``."""
 
+    access_blocks = False  # a directory's path
+
     def __init__(self, job_id: str, root: str | os.PathLike | None = None):
         self.job_id = job_id
         self.root = private_root(Path(root) if root else default_root())
