@@ -57,9 +57,9 @@ SETTINGS: dict[str, tuple[Any, str]] = {
                    "exceptions: `dask.annotate(retries=N)` for those)"),
     "fuse": (True, "group tasks into units (false: one task per activation, for comparison)"),
     "fuse-large-bytes": (2097152, "an output this large (bytes) pulls its consumers into its unit"),
-    "fuse-unit-bytes": (8388608, "bytes of array work (numpy and Dask functions only) worth an "
-                                 "activation: a smaller graph spreads over fewer (0: always the "
-                                 "whole parallelism)"),
+    "fuse-unit-bytes": (8388608, "bytes of array chunks worth an activation, for graphs of numpy "
+                                 "and Dask functions only: one starting from fewer spreads over "
+                                 "fewer activations (0: always the whole parallelism)"),
     "unit-target-seconds": (0.5, "batch small ready units into activations of about this long"),
     "batch-max-units": (256, "at most this many units share one activation"),
     "cost.gb-second": (0.0000166667, "USD per GB-second a job report prices activations at (AWS "

@@ -15,8 +15,9 @@ tasks are grouped when that saves both without losing parallelism the namespace 
    row and a column into one activation.
    The widest level is kept only as wide as the work can use: a graph of array chunks that
    library functions make and transform (numpy's, Dask's: time about proportional to bytes)
-   with fewer than ``parallelism * unit_bytes`` bytes in all gets one unit per ``unit_bytes``
-   (:func:`useful_parallelism`): a 4-chunk sum of 20 KB chunks is one activation, not five.
+   starting from fewer than ``parallelism * unit_bytes`` bytes of chunks gets one unit per
+   ``unit_bytes`` of them (:func:`useful_parallelism`): a 4-chunk sum of 2 MB chunks is one
+   activation, not five in two rounds.
 
 Where these rules still leave a large chunk made by one of Dask's array-creation functions
 (random numbers, ``ones``, ``arange``: see :data:`GENERATORS`) read across units, every unit
@@ -135,10 +136,11 @@ def useful_parallelism(tasks: Mapping[Key, GraphNode], dependencies: Mapping[Key
     """The concurrency the graph's work can use: the namespace's, or for a graph of array
     chunks of known size (every task that reads nothing has one) made and transformed by
     library functions only (:func:`is_library_work`), one activation per ``unit_bytes`` of
-    its values' bytes, as guessed."""
-    if not settings.unit_bytes or any(not deps and not guess.get(k) for k, deps in dependencies.items()):
+    those chunks (the data the work reads: what it derives is guessed too high to count)."""
+    sources = [guess.get(k, 0) for k, deps in dependencies.items() if not deps]
+    if not settings.unit_bytes or not all(sources):
         return settings.parallelism
-    needed = max(1, math.ceil(sum(guess.values()) / settings.unit_bytes))
+    needed = max(1, math.ceil(sum(sources) / settings.unit_bytes))
     if needed >= settings.parallelism or not all(map(is_library_work, tasks.values())):
         return settings.parallelism
     return needed
