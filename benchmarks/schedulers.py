@@ -4,7 +4,8 @@
                                               [--json OUT.json]
 
 Every row runs each competitor in turn, interleaved over ``--repeat`` rounds, and reports the
-median wall time and the spread (min-max). whisk runs on the embedded default (the local
+median wall time and the spread (min-max); the interactive rows (8a, 8b) time
+``INTERACTIVE_CALLS`` computes a measurement and give the time per compute. whisk runs on the embedded default (the local
 OpenWhisk-compatible server, warm containers: one untimed warm-up run per row first, the cold
 first run of the whole script reported apart) twice, with fusion and with ``whisk.fuse: false``
 (one task per unit), and with ``--latency-ms`` once more against a second local server that adds
