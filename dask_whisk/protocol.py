@@ -342,17 +342,18 @@ def bundled_ref(bundle: str, offset: int, nbytes: int, name: str) -> dict[str, A
 
 def fetch_frames(refs: Sequence[Mapping[str, Any]], store: Any, map_: Callable = map) -> list[Buffer]:
     """The frame behind each descriptor, in order: inline ones decoded, stored ones read with
-    ``store.get``, bundle members with one ``store.get_range`` per run of nearby members
-    (``map_`` may run the reads concurrently)."""
+    one ``store.get`` per object (however many descriptors name it), bundle members with one
+    ``store.get_range`` per run of nearby members (``map_`` may run the reads concurrently)."""
     frames: list[Buffer | None] = [None] * len(refs)
-    whole, members = [], {}
+    whole: dict[str, list[int]] = {}  # object -> the refs naming it
+    members: dict[str, list[int]] = {}
     for i, ref in enumerate(refs):
         if "inline" in ref:
             frames[i] = unb64(ref["inline"])
         elif "offset" in ref:
             members.setdefault(ref["stored"], []).append(i)
         else:
-            whole.append(i)
+            whole.setdefault(ref["stored"], []).append(i)
     reads: list[tuple[str, int, int, list[int]]] = []  # object, start, stop, the refs inside
     for bundle, indices in members.items():
         indices.sort(key=lambda i: refs[i]["offset"])
@@ -362,20 +363,22 @@ def fetch_frames(refs: Sequence[Mapping[str, Any]], store: Any, map_: Callable =
                 reads[-1] = (bundle, reads[-1][1], max(stop, reads[-1][2]), [*reads[-1][3], i])
             else:
                 reads.append((bundle, start, stop, [i]))
-    jobs = [("get", i) for i in whole] + [("range", r) for r in range(len(reads))]
+    jobs: list[tuple[str, Any]] = [("get", name) for name in whole]
+    jobs += [("range", r) for r in range(len(reads))]
 
-    def read(job: tuple[str, int]) -> Buffer:
-        kind, index = job
+    def read(job: tuple[str, Any]) -> Buffer:
+        kind, which = job
         if kind == "get":
-            return store.get(refs[index]["stored"])
-        bundle, start, stop, _ = reads[index]
+            return store.get(which)
+        bundle, start, stop, _ = reads[which]
         return store.get_range(bundle, start, stop)
 
-    for (kind, index), data in zip(jobs, map_(read, jobs), strict=True):
+    for (kind, which), data in zip(jobs, map_(read, jobs), strict=True):
         if kind == "get":
-            frames[index] = data
+            for i in whole[which]:
+                frames[i] = data
             continue
-        _, start, _, inside = reads[index]
+        _, start, _, inside = reads[which]
         view = memoryview(data)
         for i in inside:
             offset = refs[i]["offset"] - start

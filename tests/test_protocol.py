@@ -94,7 +94,8 @@ def test_a_frame_is_bound_to_its_name():
 
 def test_bundle_members_are_read_with_one_request_per_run_and_bound_to_their_names(tmp_path):
     """Members of a bundle close together are read with one ranged request; one far away gets
-    its own; a member presented under another member's name is refused."""
+    its own; an object named twice (two units of a batch reading one input) is read once; a
+    member presented under another member's name is refused."""
     from dask_whisk.store.local import LocalWorkerStore
 
     class Counting(LocalWorkerStore):
@@ -125,10 +126,13 @@ def test_bundle_members_are_read_with_one_request_per_run_and_bound_to_their_nam
     store.put("o-u1-a1-b0", bundle)
     store.put("k-whole", protocol.seal(protocol.encode("whole", KEY), KEY, "k-whole"))
     wanted = [refs[2], protocol.stored_ref("k-whole", 0), refs[0], refs[4], refs[1],
-              protocol.inline_ref(protocol.join(protocol.encode("inline", KEY)))]
+              protocol.inline_ref(protocol.join(protocol.encode("inline", KEY))),
+              protocol.stored_ref("k-whole", 0), refs[0]]
     frames = protocol.fetch_frames(wanted, store)
     decoded = [protocol.decode(f, KEY, protocol.ref_name(r)) for f, r in zip(frames, wanted)]
-    for got, expected in zip(decoded, [values[2], "whole", values[0], "far", values[1], "inline"]):
+    expected_values = [values[2], "whole", values[0], "far", values[1], "inline", "whole", values[0]]
+    assert len(decoded) == len(expected_values)
+    for got, expected in zip(decoded, expected_values):
         assert np.array_equal(got, expected) if isinstance(got, np.ndarray) else got == expected
     assert sorted(c[0] for c in store.calls) == ["get", "range", "range"], store.calls
     swapped = {**refs[0], "name": refs[1]["name"]}
