@@ -273,7 +273,8 @@ def group_tasks(
         feeders = {groups.find(d) for d in dependencies[key]} - {root}
         feeders = [d for d in feeders if ext(d, dependents) == {root}]
         size = len(groups.members[root])
-        for feeder in sorted(feeders, key=lambda r: len(groups.members[r])):
+        # smallest first; ties in execution order, so a plan never depends on set order
+        for feeder in sorted(feeders, key=lambda r: (len(groups.members[r]), priority[r])):
             if size + len(groups.members[feeder]) > max_tasks:
                 break
             ours, theirs, produced = inputs_of(root), inputs_of(feeder), groups.members[feeder]

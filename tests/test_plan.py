@@ -127,6 +127,18 @@ def test_fan_in_tree_groups_stay_within_tasks_over_parallelism():
     assert run_locally(plan)[total.key] == -sum(range(1024))
 
 
+def test_feeders_of_equal_size_join_their_consumer_in_execution_order():
+    """Which of equal feeders a tree's unit takes in follows dask.order, never set order (so the
+    same graph gives the same plan whatever the hash seed)."""
+    graph = {f"leaf-{i}": (operator.neg, i) for i in range(8)}
+    graph["total"] = (sum, [f"leaf-{i}" for i in range(8)])
+    plan = build_plan(graph, ["total"], settings=FuseSettings(parallelism=4))  # 3 tasks a unit
+    (unit,) = [u for u in plan.units.values() if "total" in u.keys]
+    first = sorted(graph, key=dask.order.order(as_task_graph(graph)).__getitem__)[:2]
+    assert sorted(unit.keys) == sorted([*first, "total"])
+    assert run_locally(plan)["total"] == -sum(range(8))
+
+
 def test_cheap_getitem_runs_beside_its_producer():
     pair = dask.delayed(lambda: (1, 2), nout=2)()
     first, second = pair
