@@ -478,11 +478,10 @@ class Job:
         self.closed = True  # a release not yet started does nothing: the teardown deletes all
         if self._encoder is not None:
             self._encoder.join()  # it stops after the unit it is serialising
-        for pending in self._releases:
-            pending.cancel()
-        # those already running cannot be cancelled: let them end before the job's objects go,
-        # or they outlive the job (and, in a script that ends, the interpreter's executors)
-        wait([f for f in self._releases if not f.cancelled()], timeout=RELEASE_WAIT_SECONDS)
+        # deletes under way end before the job's objects go, or they outlive the job (and, in a
+        # script that ends, the interpreter's executors); those not yet begun return at once.
+        # (Cancelling them would not wait: a future of the loop cancels at once, running or not.)
+        wait(self._releases, timeout=RELEASE_WAIT_SECONDS)
         try:
             self.store.destroy()
         finally:

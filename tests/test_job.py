@@ -195,6 +195,35 @@ def test_a_failed_release_is_logged_not_dropped(local_store_root, caplog):
     assert not list(local_store_root.iterdir())  # teardown removed what the release could not
 
 
+def test_a_delete_under_way_when_the_job_ends_finishes_before_its_objects_go(local_store_root,
+                                                                             monkeypatch):
+    """A's release is slow (a store slow to delete): the job ends while it runs, and its
+    teardown waits for it instead of removing the folder from under it."""
+    from dask_whisk.store.local import LocalJobStore
+
+    events = []
+    delete, destroy = LocalJobStore.delete, LocalJobStore.destroy
+
+    def slow_delete(self, names):
+        names = list(names)
+        time.sleep(0.5)
+        delete(self, names)
+        events.append(("deleted", names))
+
+    def recorded_destroy(self):
+        events.append(("destroy", None))
+        destroy(self)
+
+    monkeypatch.setattr(LocalJobStore, "delete", slow_delete)
+    monkeypatch.setattr(LocalJobStore, "destroy", recorded_destroy)
+    a, b, c, d = diamond()
+    with dask.config.set(PER_UNIT):
+        assert d.compute(scheduler=whisk_get) == 30
+    kinds = [kind for kind, _ in events]
+    assert "deleted" in kinds and kinds[-1] == "destroy", events
+    assert not list(local_store_root.iterdir())
+
+
 # --- warnings ---------------------------------------------------------------------------------
 
 
