@@ -69,7 +69,7 @@ class ActivationError(RuntimeError):
         self.unit, self.activation_id, self.status = unit, activation_id, status
 
 
-#: how long closing a job waits for deletes of released values already under way
+#: how long closing a job waits for what it has under way (deletes, cancelled copies)
 RELEASE_WAIT_SECONDS = 10.0
 
 
@@ -117,6 +117,11 @@ class Job:
         #: unit name -> seconds the activation whose outputs were taken ran (its record's duration)
         self.unit_seconds: dict[str, float] = {}
         self._releases: list[Future] = []
+        #: set while no attempt runs on the loop: a cancelled copy (a backup that lost, a unit
+        #: of a failed job) still ends there after its future says cancelled
+        self._settled = threading.Event()
+        self._settled.set()
+        self._running = 0  # the loop's own count (only the loop thread changes it)
         self.closed = False
         #: warnings the activations raised, each distinct one once, for the caller's thread to
         #: raise again (appended on the event loop, taken by the scheduler: a deque is safe)
@@ -259,6 +264,16 @@ class Job:
 
         Raises the user's exception (rebuilt), :class:`ActivationError` or :class:`UnitTooLarge`.
         """
+        self._running += 1
+        self._settled.clear()
+        try:
+            return await self._attempts(units, backup)
+        finally:
+            self._running -= 1
+            if not self._running:
+                self._settled.set()
+
+    async def _attempts(self, units: list[Unit], backup: bool) -> Ran:
         self._check_memory(units)
         attempts = 1 + max(0, int(dask.config.get("whisk.retries")))
         user_attempts = 1 + max((self.retries.get(k, 0) for u in units for k in u.keys), default=0)
@@ -478,10 +493,14 @@ class Job:
         self.closed = True  # a release not yet started does nothing: the teardown deletes all
         if self._encoder is not None:
             self._encoder.join()  # it stops after the unit it is serialising
-        # deletes under way end before the job's objects go, or they outlive the job (and, in a
-        # script that ends, the interpreter's executors); those not yet begun return at once.
-        # (Cancelling them would not wait: a future of the loop cancels at once, running or not.)
+        # deletes under way and cancelled copies end before the job's objects go (and its report
+        # is complete), or they outlive the job (and, in a script that ends, the interpreter's
+        # executors); releases not yet begun return at once. (Cancelling a release would not
+        # wait for it: a future of the loop cancels at once, running or not.)
+        deadline = time.monotonic() + RELEASE_WAIT_SECONDS
         wait(self._releases, timeout=RELEASE_WAIT_SECONDS)
+        if self.backend.io.loop.is_running():
+            self._settled.wait(max(0.0, deadline - time.monotonic()))
         try:
             self.store.destroy()
         finally:

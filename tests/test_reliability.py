@@ -71,8 +71,10 @@ def test_every_reader_sees_the_same_attempt(local_store_root, shared_tmp_path):
         with whisk_on():
             got = dask.compute(quick, readers, scheduler=whisk_get)[1]
             report = dask_whisk.last_report()
+            outcomes = [a["outcome"] for a in report.attempts]  # as compute returned
             time.sleep(6)  # the slow first attempt ends, and finds its job gone
     assert report.backups >= 1
+    assert "cancelled" in outcomes, outcomes  # the losing copy is in the report already
     assert len({v for v, _ in got}) == 1, got
     assert not list(local_store_root.iterdir()), "the late attempt wrote into a finished job"
 
