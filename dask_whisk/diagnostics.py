@@ -83,6 +83,8 @@ class JobReport:
             "id": record.get("activationId"), "kind": kind, "units": units, "attempt": attempt,
             "backup": backup, "outcome": outcome,
             "submitted": submitted - self.started_at,
+            # the client's wait from invoke to outcome: all that is known of a cancelled copy
+            "elapsed": time.time() - submitted,
             "start": None if start is None else start / 1000 - self.started_at,
             "end": None if end is None else end / 1000 - self.started_at,
             "duration": (record.get("duration") or 0) / 1000,
@@ -134,6 +136,14 @@ class JobReport:
     def gb_seconds(self) -> float:
         """What the platform bills: each activation's duration at its memory limit."""
         return sum(a["duration"] * a["memory_mb"] / 1024 for a in self.attempts)
+
+    @property
+    def cancelled(self) -> tuple[int, float]:
+        """Copies the client stopped waiting for (another copy won, or the job failed), and the
+        seconds they had run by then. The platform runs and bills them on (a hung one until
+        the action's time limit): their time is not in the GB-seconds or the cost."""
+        copies = [a for a in self.attempts if a["outcome"] == "cancelled"]
+        return len(copies), sum(a.get("elapsed", 0.0) for a in copies)
 
     @property
     def peak_rss_bytes(self) -> int:
@@ -195,6 +205,8 @@ class JobReport:
              " / ".join(f"{phases[p]:.3f}" for p in ("fetch", "decode", "compute", "store"))),
             ("peak activation memory (MB)", f"{self.peak_rss_bytes / 2**20:.0f} of {self.memory_mb}"),
             ("GB-seconds / requests", f"{self.gb_seconds:.3f} / {self.requests}"),
+            ("cancelled copies / had run (s), billed but not counted",
+             "{} / {:.3f}".format(*self.cancelled)),
             ("estimated cost / on an always-on VM (USD)", f"{self.cost:.6f} / {self.vm_cost:.6f}"),
         ]
 

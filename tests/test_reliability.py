@@ -75,6 +75,9 @@ def test_every_reader_sees_the_same_attempt(local_store_root, shared_tmp_path):
             time.sleep(6)  # the slow first attempt ends, and finds its job gone
     assert report.backups >= 1
     assert "cancelled" in outcomes, outcomes  # the losing copy is in the report already
+    copies, seconds = report.cancelled  # the slow first attempt ran a while before it lost
+    assert copies >= 1 and seconds > 0.5, report.attempts
+    assert "cancelled copies" in report.summary()
     assert len({v for v, _ in got}) == 1, got
     assert not list(local_store_root.iterdir()), "the late attempt wrote into a finished job"
 
