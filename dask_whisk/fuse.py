@@ -273,9 +273,14 @@ def group_tasks(
         feeders = {groups.find(d) for d in dependencies[key]} - {root}
         feeders = [d for d in feeders if ext(d, dependents) == {root}]
         size = len(groups.members[root])
+        # a unit starts once all its inputs are there: a feeder taken in while others stay out
+        # waits for them (a round later), and filling the unit it keeps the consumer's own
+        # consumers out of it (a round more); so when not all fit, only small ones are
+        whole = size + sum(len(groups.members[f]) for f in feeders) <= max_tasks
         # smallest first; ties in execution order, so a plan never depends on set order
         for feeder in sorted(feeders, key=lambda r: (len(groups.members[r]), priority[r])):
-            if size + len(groups.members[feeder]) > max_tasks:
+            if size + len(groups.members[feeder]) > max_tasks or (
+                    not whole and len(groups.members[feeder]) > max_tasks // 2):
                 break
             ours, theirs, produced = inputs_of(root), inputs_of(feeder), groups.members[feeder]
             total = (read_bytes[root] + sum(guess[d] for d in theirs if d not in ours)

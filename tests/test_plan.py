@@ -127,6 +127,20 @@ def test_fan_in_tree_groups_stay_within_tasks_over_parallelism():
     assert run_locally(plan)[total.key] == -sum(range(1024))
 
 
+def test_subtrees_that_fill_a_unit_each_run_side_by_side():
+    """A 1,024-leaf tree over 8 slots: eight 255-task subtrees and the top. A subtree taken into
+    the unit of the add joining it with another would wait for the other (a round later) and
+    fill the unit the adds above it could have joined (a round more)."""
+    leaves = [dask.delayed(operator.neg)(i) for i in range(1024)]
+    while len(leaves) > 1:
+        leaves = [dask.delayed(operator.add)(leaves[i], leaves[i + 1]) for i in range(0, len(leaves), 2)]
+    total = leaves[0]
+    plan = build_plan(total.__dask_graph__(), [total.key], settings=FuseSettings(parallelism=8))
+    assert plan.summary()["critical_path_units"] == 2, plan.summary()
+    assert sorted(len(u.keys) for u in plan.units.values()) == [7] + [255] * 8
+    assert run_locally(plan)[total.key] == -sum(range(1024))
+
+
 def test_feeders_of_equal_size_join_their_consumer_in_execution_order():
     """Which of equal feeders a tree's unit takes in follows dask.order, never set order (so the
     same graph gives the same plan whatever the hash seed)."""
