@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import json
 import logging
@@ -116,9 +117,8 @@ class Job:
         self.done: set[str] = set()
         #: unit name -> seconds the activation whose outputs were taken ran (its record's duration)
         self.unit_seconds: dict[str, float] = {}
-        self._releases: list[Future] = []
-        #: set while no attempt runs on the loop: a cancelled copy (a backup that lost, a unit
-        #: of a failed job) still ends there after its future says cancelled
+        #: set while none of the job's coroutines runs on the loop (attempts, deletes): a
+        #: cancelled copy still ends there after its future says cancelled
         self._settled = threading.Event()
         self._settled.set()
         self._running = 0  # the loop's own count (only the loop thread changes it)
@@ -264,10 +264,16 @@ class Job:
 
         Raises the user's exception (rebuilt), :class:`ActivationError` or :class:`UnitTooLarge`.
         """
+        with self._under_way():
+            return await self._attempts(units, backup)
+
+    @contextlib.contextmanager
+    def _under_way(self) -> Iterator[None]:
+        """Count a coroutine of this job as running on the loop, for :meth:`close` to wait on."""
         self._running += 1
         self._settled.clear()
         try:
-            return await self._attempts(units, backup)
+            yield
         finally:
             self._running -= 1
             if not self._running:
@@ -424,8 +430,7 @@ class Job:
 
     def release_soon(self, keys: Iterable[Key]) -> None:
         """:meth:`release` ``keys`` on the backend's loop, off the dispatch path (until close)."""
-        self._releases = [f for f in self._releases if not f.done()]
-        self._releases.append(self.backend.io.submit(self.release(list(keys))))
+        self.backend.io.submit(self.release(list(keys)))
 
     async def release(self, keys: Iterable[Key]) -> None:
         """Forget values no unit will read again, deleting the stored ones (off the dispatch path).
@@ -433,6 +438,10 @@ class Job:
         A failed delete does not fail the job (teardown removes the job's objects): it is logged."""
         if self.closed:
             return
+        with self._under_way():
+            await self._release(keys)
+
+    async def _release(self, keys: Iterable[Key]) -> None:
         refs = [self.refs.pop(key) for key in keys if key in self.refs]
         names = [ref["stored"] for ref in refs if "stored" in ref and "offset" not in ref]
         for ref in refs:  # a bundle goes once the last of its members does
@@ -495,12 +504,10 @@ class Job:
             self._encoder.join()  # it stops after the unit it is serialising
         # deletes under way and cancelled copies end before the job's objects go (and its report
         # is complete), or they outlive the job (and, in a script that ends, the interpreter's
-        # executors); releases not yet begun return at once. (Cancelling a release would not
-        # wait for it: a future of the loop cancels at once, running or not.)
-        deadline = time.monotonic() + RELEASE_WAIT_SECONDS
-        wait(self._releases, timeout=RELEASE_WAIT_SECONDS)
+        # executors); releases not yet begun return at once. (Cancelling would not wait: a
+        # future of the loop cancels at once, running or not.)
         if self.backend.io.loop.is_running():
-            self._settled.wait(max(0.0, deadline - time.monotonic()))
+            self._settled.wait(RELEASE_WAIT_SECONDS)
         try:
             self.store.destroy()
         finally:
